@@ -1,0 +1,205 @@
+"""Typed configuration: one frozen dataclass per ``params.yaml`` section.
+
+``load_params(path)`` is the only place YAML is read. Every key must be known and every field
+present: an unknown or missing key is a :class:`ConfigError` naming the key and the file. YAML keys
+equal field names. Nested dataclasses map to nested mappings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PAPER_CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumothorax")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be turned into typed config; the message names file and key."""
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """Demo images: a chest-like background plus a class pattern whose amplitude is
+    ``signal * age_signal_scale[age bin] * sex_signal_scale[sex]``; Gaussian noise on top."""
+
+    signal: float
+    noise: float
+    age_signal_scale: tuple[float, ...]  # one factor per age bin, youngest first
+    sex_signal_scale: dict[str, float]  # "M"/"F" -> factor
+
+
+@dataclass(frozen=True)
+class DataParams:
+    metadata: str | None  # NIH Data_Entry_2017_v2020.csv(.gz); None = torchxrayvision's copy
+    images_dir: str | None  # NIH PNG folder; None = synthetic demo images
+    weights_dir: str | None  # one sub-folder per model; None = random init (demo only)
+    official_lists_dir: str | None  # train_val_list.txt / test_list.txt, for nih-official
+    protocols: tuple[str, ...]  # every protocol `prepare` builds
+    protocol: str  # the protocol the model grid trains and evaluates on
+    classes: tuple[str, ...]  # 6x200 protocols: diseases in class-index order
+    age_bins: tuple[int, ...]  # left-closed edges in years: [0, 60, 100] -> 0-59, 60-99
+    per_cell: int  # images drawn per disease x age group x sex cell
+    n_val: int  # per cell
+    n_test: int  # per cell
+    seed: int  # sampling and split seed (the paper: 42)
+    official_val_fraction: float  # nih-official: share of train_val patients held out for val
+
+
+@dataclass(frozen=True)
+class ImagesParams:
+    size: int  # side of the square uint8 cache
+    on_error: str  # "fail": one error listing every bad file; "skip": drop and list them
+    workers: int  # decode processes; 0 = all cores
+    synthetic: SyntheticParams
+
+
+@dataclass(frozen=True)
+class MetricsParams:
+    sensitive: tuple[str, ...]  # split columns treated as sensitive attributes
+    n_boot: int  # patient-level bootstrap resamples; 0 disables intervals
+    ci_level: float
+    ece_bins: int
+    min_group_size: int  # smaller groups give NaN plus a warning
+    seed: int
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    tracking_uri: str
+    experiment: str
+
+
+@dataclass(frozen=True)
+class Params:
+    profile: str  # "demo" or "paper"; shown on every output
+    data: DataParams
+    images: ImagesParams
+    models: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    metrics: MetricsParams
+    mlflow: MlflowParams
+
+    @property
+    def is_demo(self) -> bool:
+        return self.profile == "demo"
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(value: Any, tp: Any, where: str, src: str) -> Any:
+    """Check ``value`` against annotation ``tp`` and convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where, src)
+    if _is_dataclass_type(tp):
+        return _build(tp, value, where, src)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{src}: '{where}' must be a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_convert(v, item, f"{where}[{i}]", src) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: '{where}' must be a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {
+            _convert(k, kt, where, src): _convert(v, vt, f"{where}.{k}", src)
+            for k, v in value.items()
+        }
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{src}: '{where}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{src}: '{where}' must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{src}: '{where}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{src}: '{where}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, raw: Any, where: str, src: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: section '{where or '<top>'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{src}: unknown key '{prefix}{unknown[0]}'")
+    missing = sorted(
+        n
+        for n, f in fields.items()
+        if n not in raw
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    )
+    if missing:
+        raise ConfigError(f"{src}: missing key '{prefix}{missing[0]}'")
+    kwargs = {n: _convert(raw[n], hints[n], f"{prefix}{n}", src) for n in fields if n in raw}
+    return cls(**kwargs)
+
+
+def parse_params(raw: Any, src: str = "<params>") -> Params:
+    p = _build(Params, raw, "", src)
+    _validate(p, src)
+    return p
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return parse_params(raw, str(path))
+
+
+def _validate(p: Params, src: str) -> None:
+    d = p.data
+    if p.profile not in ("demo", "paper"):
+        raise ConfigError(f"{src}: 'profile' must be 'demo' or 'paper', got {p.profile!r}")
+    if d.protocol not in d.protocols:
+        raise ConfigError(f"{src}: 'data.protocol' {d.protocol!r} is not in data.protocols")
+    bins = d.age_bins
+    if len(bins) < 3 or list(bins) != sorted(set(bins)):
+        raise ConfigError(f"{src}: 'data.age_bins' must be at least 3 increasing edges, got {bins}")
+    if len(p.images.synthetic.age_signal_scale) != len(bins) - 1:
+        raise ConfigError(
+            f"{src}: 'images.synthetic.age_signal_scale' needs one factor per age bin "
+            f"({len(bins) - 1}), got {len(p.images.synthetic.age_signal_scale)}"
+        )
+    if d.n_val + d.n_test >= d.per_cell:
+        raise ConfigError(f"{src}: 'data.n_val' + 'data.n_test' must be below 'data.per_cell'")
+    if p.images.on_error not in ("fail", "skip"):
+        raise ConfigError(f"{src}: 'images.on_error' must be 'fail' or 'skip'")
+    if p.profile == "paper" and (d.images_dir is None or d.weights_dir is None):
+        raise ConfigError(
+            f"{src}: the paper profile needs 'data.images_dir' and 'data.weights_dir' set"
+        )
+    if not 0 < p.metrics.ci_level < 1:
+        raise ConfigError(f"{src}: 'metrics.ci_level' must lie in (0, 1)")

@@ -1,0 +1,1 @@
+"""One module per CLI command / DVC stage, each a thin ``main(argv) -> int``."""
