@@ -39,15 +39,17 @@ def images_partial(protocol: str) -> Path:
 
 
 def embeddings(model: str) -> Path:
+    """``embeddings/<model>/``: each split of ``data.protocol`` encoded once by ``model``."""
     return EMBEDDINGS / model
 
 
 def tuned(model: str, method: str) -> Path:
+    """``tuned/<model>/<method>.yaml``: best hyperparameters and a study summary, read by train."""
     return TUNED / model / f"{method}.yaml"
 
 
 def study_db() -> Path:
-    """Optuna's SQLite storage; persistent across ``dvc repro`` so studies resume."""
+    """Optuna's SQLite storage; persistent across ``dvc repro`` (never a DVC output) so studies resume."""
     return STUDIES / "optuna.db"
 
 
@@ -55,13 +57,38 @@ def model_dir(model: str, method: str) -> Path:
     return MODELS / model / method
 
 
-def predictions(model: str, method: str) -> Path:
-    return PREDICTIONS / model / method
+def seeds_dir(model: str, method: str) -> Path:
+    """``models/<model>/<method>/seeds/``: the `train` stage's output, one ``seed<k>/`` per seed."""
+    return model_dir(model, method) / "seeds"
 
 
-def metrics(model: str, method: str) -> Path:
-    return METRICS / model / method
+def seed_dir(model: str, method: str, seed: int) -> Path:
+    return seeds_dir(model, method) / f"seed{seed}"
+
+
+def checkpoints(model: str, method: str, seed: int) -> Path:
+    """Per-epoch checkpoints for resuming; outside every DVC output so a rerun keeps them."""
+    return Path("checkpoints") / model / method / f"seed{seed}"
 
 
 def onnx(model: str, method: str) -> Path:
+    """``models/<model>/<method>/model.onnx``: the `export` stage's output."""
     return model_dir(model, method) / "model.onnx"
+
+
+def predictions(model: str, method: str) -> Path:
+    """``predictions/<model>/<method>/``; one ``seed<k>/{val,test}.parquet`` per seed."""
+    return PREDICTIONS / model / method
+
+
+def prediction_file(model: str, method: str, seed: int, split: str) -> Path:
+    return predictions(model, method) / f"seed{seed}" / f"{split}.parquet"
+
+
+def metrics(model: str, method: str) -> Path:
+    """``metrics/<model>/<method>/``; one ``seed<k>/`` (metrics.json, by_group.csv, plots) per seed."""
+    return METRICS / model / method
+
+
+def metrics_dir(model: str, method: str, seed: int) -> Path:
+    return metrics(model, method) / f"seed{seed}"
