@@ -76,6 +76,45 @@ class MlflowParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    """Training augmentation of image-based methods, as batched tensor ops on the device.
+    The paper: RandomVerticalFlip(0.3), RandomHorizontalFlip(0.3), RandomRotation(15),
+    ColorJitter(0.2, 0.2, 0.2) (saturation is a no-op on grayscale, so it is left out)."""
+
+    flip_p: float  # probability of each flip, horizontal and vertical independently
+    rotation_deg: float  # rotation angle drawn uniformly from [-deg, deg]
+    jitter: float  # brightness and contrast factors drawn from [1 - jitter, 1 + jitter]
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Hyperparameters of ``fairxray.train.fit``; ``tuned/<model>/<method>.yaml`` overrides them.
+    The paper's released code: AdamW lr 1e-4, weight decay 1e-5, batch 64, 100 epochs,
+    CosineAnnealingWarmRestarts(T_0=10) stepped per batch, seed 77, head width 1024, LoRA rank 16
+    alpha 1 (ViT) / rank 4 (ResNet convs), selection on the lowest validation loss."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    backbone_lr_scale: float  # full_ft: backbone lr = lr * scale (1.0 = one learning rate)
+    weight_decay: float
+    scheduler: str  # "cosine" (one cycle over all steps) | "cosine_warm_restarts"
+    t0: int  # cosine_warm_restarts: first period in optimizer steps (the paper: 10)
+    head: str  # "paper" (two stacked linears) | "linear"; mlp always uses its MLP head
+    head_hidden: int  # hidden width of the paper's heads (the paper: 1024)
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    patience: int  # epochs without validation improvement before stopping; 0 = never stop
+    augment: AugmentParams
+    class_balanced: bool  # sample training batches with equal expected counts per class
+    selection: str  # validation score that picks the epoch: "macro_f1" | "accuracy" | "neg_loss"
+    device: str  # "auto" | "cpu" | "cuda"
+    num_threads: int  # torch CPU threads; 0 = leave torch's default
+    embed_batch_size: int  # batch size of the `embed` stage and of evaluation passes
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str  # "demo" or "paper"; shown on every output
     data: DataParams
@@ -85,6 +124,7 @@ class Params:
     seeds: tuple[int, ...]
     metrics: MetricsParams
     mlflow: MlflowParams
+    train: TrainParams
 
     @property
     def is_demo(self) -> bool:
