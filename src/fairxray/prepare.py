@@ -1,0 +1,81 @@
+"""`prepare`: NIH metadata -> ``data/splits/<protocol>/{train,val,test}.parquet`` + ``manifest.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from fairxray import paths
+from fairxray.config import Params
+from fairxray.data import nih
+from fairxray.errors import UserError
+
+
+def design(p: Params) -> nih.Design:
+    d = p.data
+    return nih.Design(d.classes, d.age_bins, d.per_cell, d.n_val, d.n_test, d.seed)
+
+
+def make_splits(p: Params, protocol: str, meta: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The protocol's splits and the protocol-specific part of the manifest."""
+    extra: dict = {}
+    if protocol == "nih6x200-paper":
+        splits = nih.protocol_paper(meta, design(p))
+    elif protocol == "nih6x200-clean":
+        splits, shortfall = nih.protocol_clean(meta, design(p))
+        extra["shortfall"] = shortfall
+        extra["shortfall_total"] = sum(r["shortfall"] for r in shortfall)
+    elif protocol == "nih-official":
+        if p.data.official_lists_dir is None:
+            raise UserError(
+                "nih-official needs data.official_lists_dir: a folder with NIH's train_val_list.txt "
+                "and test_list.txt (from the NIH ChestX-ray14 download)"
+            )
+        splits = nih.protocol_official(
+            meta, Path(p.data.official_lists_dir), p.data.age_bins,
+            p.data.official_val_fraction, p.data.seed,
+        )
+    else:
+        raise UserError(f"unknown protocol '{protocol}'; known: {', '.join(nih.PROTOCOLS)}")
+    return splits, extra
+
+
+def prepare(p: Params, protocol: str, out_dir: Path | None = None) -> dict:
+    """Validate the metadata, build the protocol's splits, write them atomically; return the manifest."""
+    out_dir = out_dir or paths.splits(protocol)
+    source = nih.metadata_path(p.data.metadata)
+    meta = nih.read_metadata(source)
+    splits, extra = make_splits(p, protocol, meta)
+    manifest = {
+        "protocol": protocol,
+        "profile": p.profile,
+        "metadata": {"path": str(source), "sha256": nih.sha256_file(source), "rows": len(meta)},
+        "params": dataclasses.asdict(p.data),
+        "age_groups": nih.age_group_labels(p.data.age_bins),
+        "rows": {k: int(len(v)) for k, v in splits.items()},
+        "patients": {k: int(v["patient_id"].nunique()) for k, v in splits.items()},
+        "leakage": nih.leakage(splits),
+        **extra,
+        "cells": nih.cell_counts(splits),
+    }
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, df in splits.items():
+        df.to_parquet(tmp / f"{name}.parquet", index=False)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return manifest
+
+
+def load_splits(protocol: str) -> dict[str, pd.DataFrame]:
+    folder = paths.splits(protocol)
+    if not (folder / "manifest.json").exists():
+        raise UserError(f"{folder}: no splits for protocol '{protocol}'; run `fairxray prepare --protocol {protocol}`")
+    return {s: pd.read_parquet(paths.split_file(protocol, s)) for s in paths.SPLITS}
