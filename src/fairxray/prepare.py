@@ -21,7 +21,9 @@ def design(p: Params) -> nih.Design:
     return nih.Design(d.classes, d.age_bins, d.per_cell, d.n_val, d.n_test, d.seed)
 
 
-def make_splits(p: Params, protocol: str, meta: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict]:
+def make_splits(
+    p: Params, protocol: str, meta: pd.DataFrame
+) -> tuple[dict[str, pd.DataFrame], dict]:
     """The protocol's splits and the protocol-specific part of the manifest."""
     extra: dict = {}
     if protocol == "nih6x200-paper":
@@ -37,8 +39,11 @@ def make_splits(p: Params, protocol: str, meta: pd.DataFrame) -> tuple[dict[str,
                 "and test_list.txt (from the NIH ChestX-ray14 download)"
             )
         splits = nih.protocol_official(
-            meta, Path(p.data.official_lists_dir), p.data.age_bins,
-            p.data.official_val_fraction, p.data.seed,
+            meta,
+            Path(p.data.official_lists_dir),
+            p.data.age_bins,
+            p.data.official_val_fraction,
+            p.data.seed,
         )
     else:
         raise UserError(f"unknown protocol '{protocol}'; known: {', '.join(nih.PROTOCOLS)}")
@@ -77,5 +82,7 @@ def prepare(p: Params, protocol: str, out_dir: Path | None = None) -> dict:
 def load_splits(protocol: str) -> dict[str, pd.DataFrame]:
     folder = paths.splits(protocol)
     if not (folder / "manifest.json").exists():
-        raise UserError(f"{folder}: no splits for protocol '{protocol}'; run `fairxray prepare --protocol {protocol}`")
+        raise UserError(
+            f"{folder}: no splits for protocol '{protocol}'; run `fairxray prepare --protocol {protocol}`"
+        )
     return {s: pd.read_parquet(paths.split_file(protocol, s)) for s in paths.SPLITS}

@@ -72,7 +72,9 @@ def decode(path: Path, size: int) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def _decode_chunk(args: tuple[list[tuple[int, str]], int]) -> list[tuple[int, np.ndarray | None, str]]:
+def _decode_chunk(
+    args: tuple[list[tuple[int, str]], int],
+) -> list[tuple[int, np.ndarray | None, str]]:
     items, size = args
     out = []
     for row, path in items:
@@ -131,11 +133,18 @@ def build_cache(
     problems: list[Problem] = []
     if images_dir is None:
         age_index = {g: i for i, g in enumerate(age_groups)}
-        for i, r in enumerate(tqdm(todo.itertuples(), total=len(todo), disable=not progress, desc="render")):
+        for i, r in enumerate(
+            tqdm(todo.itertuples(), total=len(todo), disable=not progress, desc="render")
+        ):
             if not work.done[i]:
                 work.pixels[i] = synthetic.render(
-                    r.image_id, int(r.label_idx), age_index[r.age_group], r.sex, params.size,
-                    params.synthetic, n_classes,
+                    r.image_id,
+                    int(r.label_idx),
+                    age_index[r.age_group],
+                    r.sex,
+                    params.size,
+                    params.synthetic,
+                    n_classes,
                 )
                 work.done[i] = True
         work.commit()
@@ -148,15 +157,21 @@ def build_cache(
         more = [f"  ... and {len(problems) - 50} more"] if len(problems) > 50 else []
         raise UserError(
             "\n".join(
-                [f"{images_dir}: {len(problems)} image(s) missing or unreadable; no cache written "
-                 "(set images.on_error: skip to leave them out):"] + lines + more
+                [
+                    f"{images_dir}: {len(problems)} image(s) missing or unreadable; no cache written "
+                    "(set images.on_error: skip to leave them out):"
+                ]
+                + lines
+                + more
             )
         )
     keep = [i for i, v in enumerate(ids) if v not in bad]
     return _publish(work, ids, keep, out_dir, params, source, problems, splits)
 
 
-def _decode_all(ids: list[str], work: _Partial, images_dir: Path, params: ImagesParams, progress: bool) -> list[Problem]:
+def _decode_all(
+    ids: list[str], work: _Partial, images_dir: Path, params: ImagesParams, progress: bool
+) -> list[Problem]:
     files = find_pngs(images_dir)
     problems = [Problem(v, f"file not found under {images_dir}") for v in ids if v not in files]
     pending = [(i, str(files[v])) for i, v in enumerate(ids) if v in files and not work.done[i]]
@@ -187,7 +202,9 @@ def _decode_all(ids: list[str], work: _Partial, images_dir: Path, params: Images
     return sorted(problems, key=lambda p: p.image_id)
 
 
-def _publish(work: _Partial, ids, keep, out_dir: Path, params: ImagesParams, source, problems, splits) -> dict:
+def _publish(
+    work: _Partial, ids, keep, out_dir: Path, params: ImagesParams, source, problems, splits
+) -> dict:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -145,19 +145,33 @@ def _validated(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     ids = raw[COL_IMAGE].str.strip()
     match = ids.str.extract(IMAGE_ID)
     bad_id = match[0].isna().to_numpy()
-    flag(bad_id, COL_IMAGE, lambda i: f"{ids.iloc[i]!r} is not an NIH image id like 00000001_000.png")
+    flag(
+        bad_id, COL_IMAGE, lambda i: f"{ids.iloc[i]!r} is not an NIH image id like 00000001_000.png"
+    )
     dup = ids.duplicated(keep="first").to_numpy() & ~bad_id
     first_line = {}
     for i, v in enumerate(ids):
         first_line.setdefault(v, line[i])
-    flag(dup, COL_IMAGE, lambda i: f"duplicate image id {ids.iloc[i]} (first on row {first_line[ids.iloc[i]]})")
+    flag(
+        dup,
+        COL_IMAGE,
+        lambda i: f"duplicate image id {ids.iloc[i]} (first on row {first_line[ids.iloc[i]]})",
+    )
 
     pid = pd.to_numeric(raw[COL_PATIENT].str.strip(), errors="coerce")
     bad_pid = (pid.isna() | (pid < 0) | (pid % 1 != 0)).to_numpy()
-    flag(bad_pid, COL_PATIENT, lambda i: f"{raw[COL_PATIENT].iloc[i]!r} is not a non-negative integer")
+    flag(
+        bad_pid,
+        COL_PATIENT,
+        lambda i: f"{raw[COL_PATIENT].iloc[i]!r} is not a non-negative integer",
+    )
     prefix = pd.to_numeric(match[0], errors="coerce")
     mismatch = (~bad_id & ~bad_pid & (prefix != pid)).to_numpy()
-    flag(mismatch, COL_PATIENT, lambda i: f"{int(pid.iloc[i])} differs from the patient in image id {ids.iloc[i]}")
+    flag(
+        mismatch,
+        COL_PATIENT,
+        lambda i: f"{int(pid.iloc[i])} differs from the patient in image id {ids.iloc[i]}",
+    )
 
     age = pd.to_numeric(raw[COL_AGE].str.strip(), errors="coerce")
     not_int = (age.isna() | (age % 1 != 0)).to_numpy()
@@ -280,7 +294,9 @@ def protocol_paper(meta: pd.DataFrame, design: Design) -> dict[str, pd.DataFrame
     return {k: _as_split(pd.concat(v)) for k, v in out.items()}
 
 
-def protocol_clean(meta: pd.DataFrame, design: Design) -> tuple[dict[str, pd.DataFrame], list[dict]]:
+def protocol_clean(
+    meta: pd.DataFrame, design: Design
+) -> tuple[dict[str, pd.DataFrame], list[dict]]:
     """Leakage-free 6x200: each patient at most once overall; returns splits and per-cell shortfall."""
     df = single_label_rows(meta, design)
     rng = np.random.default_rng(design.seed)
@@ -337,7 +353,9 @@ def read_list(path: Path) -> list[str]:
     bad = [(i + 1, v) for i, v in enumerate(ids) if not IMAGE_ID.match(v)]
     if bad:
         line, value = bad[0]
-        raise UserError(f"{path}: line {line}: {value!r} is not an NIH image id ({len(bad)} bad lines)")
+        raise UserError(
+            f"{path}: line {line}: {value!r} is not an NIH image id ({len(bad)} bad lines)"
+        )
     return ids
 
 
@@ -356,7 +374,9 @@ def protocol_official(
             )
     both = set(train_val) & set(test)
     if both:
-        raise UserError(f"{lists_dir}: {len(both)} image id(s) in both lists, e.g. {sorted(both)[:3]}")
+        raise UserError(
+            f"{lists_dir}: {len(both)} image id(s) in both lists, e.g. {sorted(both)[:3]}"
+        )
     df = meta.assign(age_group=age_group(meta["age"], age_bins))
     multi = df["labels"].str.split("|")
     for c in NIH_LABELS:
@@ -395,7 +415,9 @@ def leakage(splits: dict[str, pd.DataFrame]) -> dict:
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             key = f"{a}-{b}"
-            report["shared_images"][key] = len(set(splits[a]["image_id"]) & set(splits[b]["image_id"]))
+            report["shared_images"][key] = len(
+                set(splits[a]["image_id"]) & set(splits[b]["image_id"])
+            )
             report["shared_patients"][key] = len(
                 set(splits[a]["patient_id"]) & set(splits[b]["patient_id"])
             )

@@ -67,7 +67,12 @@ def pattern(label_idx: int, n_classes: int, size: int, rng: np.random.Generator)
         lambda: _ellipse(y, x, 0.3, 0.08, 0.33, 0.42) - _ellipse(y, x, 0.3, 0.08, 0.22, 0.25) * 0.3,
         lambda: _gauss(y, x, -0.3, -0.4, 0.14, 0.12),  # consolidation: dense patch, left upper
         lambda: _gauss(y, x, 0.0, -0.3, 0.3, 0.14) + _gauss(y, x, 0.0, 0.3, 0.3, 0.14),  # edema
-        lambda: 1 / (1 + np.exp(np.clip(-(y - 0.4) / 0.04, -50, 50))) * (np.abs(x) > 0.12) * (np.abs(x) < 0.7),
+        lambda: (
+            1
+            / (1 + np.exp(np.clip(-(y - 0.4) / 0.04, -50, 50)))
+            * (np.abs(x) > 0.12)
+            * (np.abs(x) < 0.7)
+        ),
         lambda: -_ellipse(y, x, -0.45, -0.4, 0.2, 0.22),  # pneumothorax: dark apex
     )
     if label_idx < len(patterns) and n_classes <= len(patterns):

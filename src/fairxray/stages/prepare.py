@@ -10,7 +10,9 @@ from fairxray.prepare import prepare
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fairxray prepare", description=__doc__)
-    ap.add_argument("--protocol", required=True, help="nih6x200-paper | nih6x200-clean | nih-official")
+    ap.add_argument(
+        "--protocol", required=True, help="nih6x200-paper | nih6x200-clean | nih-official"
+    )
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     p = load_params(args.params)
@@ -22,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
         f"shared patients {leak['shared_patients']}"
     )
     if m.get("shortfall_total"):
-        short = [f"{r['label']}/{r['age_group']}/{r['sex']} -{r['shortfall']}" for r in m["shortfall"] if r["shortfall"]]
-        print(f"prepare {args.protocol}: cells short of data.per_cell (taken from train): {', '.join(short)}")
+        short = [
+            f"{r['label']}/{r['age_group']}/{r['sex']} -{r['shortfall']}"
+            for r in m["shortfall"]
+            if r["shortfall"]
+        ]
+        print(
+            f"prepare {args.protocol}: cells short of data.per_cell (taken from train): {', '.join(short)}"
+        )
     return 0

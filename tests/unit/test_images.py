@@ -1,0 +1,286 @@
+"""Synthetic demo images and the uint8 image cache (real mode on PNGs the test writes)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fairxray.config import ImagesParams, SyntheticParams
+from fairxray.data import images as images_mod
+from fairxray.data import synthetic
+from fairxray.data.cache import ImageCache
+from fairxray.errors import UserError
+
+SYN = SyntheticParams(
+    signal=0.3, noise=0.1, age_signal_scale=(1.0, 0.45), sex_signal_scale={"M": 1.0, "F": 1.0}
+)
+CLEAN = dataclasses.replace(SYN, noise=0.0)
+
+
+def test_render_is_deterministic_per_image_id():
+    a = synthetic.render("00000001_000.png", 2, 0, "M", 32, SYN)
+    b = synthetic.render("00000001_000.png", 2, 0, "M", 32, SYN)
+    c = synthetic.render("00000002_000.png", 2, 0, "M", 32, SYN)
+    assert a.dtype == np.uint8 and a.shape == (32, 32)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def _pattern_energy(label, age_idx, sex="M", n=12, syn=CLEAN):
+    """Mean absolute difference from the same image rendered with no signal (same background)."""
+    zero = dataclasses.replace(syn, signal=0.0)
+    diffs = [
+        np.abs(
+            synthetic.render(f"{k:08d}_000.png", label, age_idx, sex, 48, syn).astype(float)
+            - synthetic.render(f"{k:08d}_000.png", label, age_idx, sex, 48, zero)
+        ).mean()
+        for k in range(n)
+    ]
+    return float(np.mean(diffs))
+
+
+def _nearest_template_accuracy(age_idx):
+    """Accuracy of a nearest-class-mean classifier (templates from young renders) on other images."""
+    templates = [
+        np.mean(
+            [
+                synthetic.render(f"{k:08d}_000.png", c, 0, "M", 32, SYN).astype(float)
+                for k in range(20)
+            ],
+            axis=0,
+        )
+        for c in range(6)
+    ]
+    hits = [
+        np.argmin(
+            [
+                ((synthetic.render(f"{k:08d}_000.png", c, age_idx, "F", 32, SYN) - t) ** 2).sum()
+                for t in templates
+            ]
+        )
+        == c
+        for c in range(6)
+        for k in range(100, 130)
+    ]
+    return float(np.mean(hits))
+
+
+def test_class_dependent_patterns_and_planted_gap():
+    # The class is recoverable from the pixels for the young group, and markedly less so for the
+    # older group whose patterns are fainter (age_signal_scale 0.45) under the same noise.
+    young, old = _nearest_template_accuracy(0), _nearest_template_accuracy(1)
+    assert young >= 0.95
+    assert old <= young - 0.2
+
+
+def test_planted_age_effect_scales_the_pattern():
+    young, old = _pattern_energy(1, 0), _pattern_energy(1, 1)
+    # age_signal_scale [1.0, 0.45]: the older group's pattern is 0.45 times as strong (up to uint8
+    # rounding and clipping at 0/255).
+    assert old / young == pytest.approx(0.45, abs=0.05)
+
+
+def test_sex_effect_is_parameterised():
+    syn = dataclasses.replace(CLEAN, sex_signal_scale={"M": 1.0, "F": 0.5})
+    ratio = _pattern_energy(4, 0, "F", syn=syn) / _pattern_energy(4, 0, "M", syn=syn)
+    assert ratio == pytest.approx(0.5, abs=0.06)
+
+
+def test_no_label_renders_background_only():
+    zero = dataclasses.replace(CLEAN, signal=0.0)
+    assert np.array_equal(
+        synthetic.render("00000009_000.png", -1, 0, "F", 32, CLEAN),
+        synthetic.render("00000009_000.png", 3, 0, "F", 32, zero),
+    )
+
+
+def split_rows(ids, labels=None):
+    n = len(ids)
+    return pd.DataFrame(
+        {
+            "image_id": ids,
+            "patient_id": [i[:8] for i in ids],
+            "label": "Edema",
+            "label_idx": labels if labels is not None else [i % 6 for i in range(n)],
+            "age": [40 + 10 * (i % 3) for i in range(n)],
+            "sex": ["M" if i % 2 else "F" for i in range(n)],
+            "age_group": ["0-59" if 40 + 10 * (i % 3) < 60 else "60-99" for i in range(n)],
+            "view": "PA",
+        }
+    )
+
+
+def params(size=16, on_error="fail", workers=1):
+    return ImagesParams(size=size, on_error=on_error, workers=workers, synthetic=SYN)
+
+
+def test_synthetic_cache_covers_exactly_the_split_rows(tmp_path):
+    ids = [f"{k:08d}_000.png" for k in range(10)]
+    splits = {
+        "train": split_rows(ids[:6]),
+        "val": split_rows(ids[6:8]),
+        "test": split_rows(ids[8:] + ids[:1]),
+    }
+    man = images_mod.build_cache(
+        splits, tmp_path / "c", tmp_path / "p", params(), None, 6, ["0-59", "60-99"], False
+    )
+    cache = ImageCache.open(tmp_path / "c")
+    assert man["source"] == "synthetic" and cache.is_synthetic and cache.size == 16
+    assert sorted(cache.rows) == ids  # the repeated id is stored once
+    r = splits["train"].iloc[3]
+    expect = synthetic.render(
+        r.image_id, int(r.label_idx), 0 if r.age_group == "0-59" else 1, r.sex, 16, SYN
+    )
+    assert np.array_equal(cache.get([r.image_id])[0], expect)
+    assert not (tmp_path / "p").exists()  # work area removed once published
+
+
+def write_png(path, seed, size=(96, 96), mode="L"):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0]) + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode).save(path)
+    return arr
+
+
+@pytest.fixture
+def nih_folder(tmp_path):
+    root = tmp_path / "nih"
+    ids = [f"{k:08d}_000.png" for k in range(1, 7)]
+    write_png(root / "images_001" / "images" / ids[0], 1)
+    write_png(root / "images_001" / "images" / ids[1], 2)
+    write_png(root / "images_002" / "images" / ids[2], 3, mode="RGB")
+    write_png(root / ids[3], 4, size=(120, 80))  # flat layout, non-square
+    (root / "images_002" / "images" / ids[4]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # corrupt
+    # ids[5] is missing
+    return root, ids
+
+
+def test_real_cache_fails_listing_every_bad_file(tmp_path, nih_folder):
+    root, ids = nih_folder
+    splits = {
+        "train": split_rows(ids[:4]),
+        "val": split_rows(ids[4:5]),
+        "test": split_rows(ids[5:]),
+    }
+    with pytest.raises(UserError) as exc:
+        images_mod.build_cache(
+            splits, tmp_path / "c", tmp_path / "p", params(), root, 6, ["0-59", "60-99"], False
+        )
+    msg = str(exc.value)
+    assert "2 image(s) missing or unreadable" in msg
+    assert f"{ids[4]}: corrupt or unreadable PNG" in msg and f"{ids[5]}: file not found" in msg
+    assert not (tmp_path / "c").exists()  # nothing that looks like a cache
+
+
+def test_real_cache_skip_mode_lists_and_drops(tmp_path, nih_folder):
+    root, ids = nih_folder
+    splits = {
+        "train": split_rows(ids[:4]),
+        "val": split_rows(ids[4:5]),
+        "test": split_rows(ids[5:]),
+    }
+    man = images_mod.build_cache(
+        splits,
+        tmp_path / "c",
+        tmp_path / "p",
+        params(on_error="skip"),
+        root,
+        6,
+        ["0-59", "60-99"],
+        False,
+    )
+    assert [s["image_id"] for s in man["skipped"]] == ids[4:6]
+    cache = ImageCache.open(tmp_path / "c")
+    assert sorted(cache.rows) == ids[:4] and not cache.is_synthetic
+    on_disk = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert on_disk["complete"] is True and on_disk["images"] == 4
+
+
+def test_real_cache_pixels_match_a_plain_pil_reference(tmp_path, nih_folder):
+    root, ids = nih_folder
+    splits = {"train": split_rows(ids[:4]), "val": split_rows([]), "test": split_rows([])}
+    images_mod.build_cache(
+        splits,
+        tmp_path / "c",
+        tmp_path / "p",
+        params(size=24, workers=2),
+        root,
+        6,
+        ["0-59", "60-99"],
+        False,
+    )
+    cache = ImageCache.open(tmp_path / "c")
+    ref = (
+        Image.open(root / "images_001" / "images" / ids[0])
+        .convert("L")
+        .resize((24, 24), Image.Resampling.BILINEAR)
+    )
+    got = cache.get([ids[0]])[0].astype(int)
+    assert np.abs(got - np.asarray(ref, dtype=int)).max() <= 3  # reducing_gap vs full resample
+    rgb = (
+        Image.open(root / "images_002" / "images" / ids[2])
+        .convert("L")
+        .resize((24, 24), Image.Resampling.BILINEAR)
+    )
+    assert np.abs(cache.get([ids[2]])[0].astype(int) - np.asarray(rgb, dtype=int)).max() <= 3
+    # Non-square: padded to a square with black, so the top and bottom bands are 0.
+    wide = cache.get([ids[3]])[0]
+    assert wide[0].max() == 0 and wide[-1].max() == 0 and wide[12].max() > 0
+
+
+def test_real_cache_resumes_after_interruption(tmp_path, nih_folder, monkeypatch):
+    root, ids = nih_folder
+    splits = {"train": split_rows(ids[:4]), "val": split_rows([]), "test": split_rows([])}
+    monkeypatch.setattr(images_mod, "CHUNK", 2)
+    real = images_mod._decode_chunk
+    calls = []
+
+    def flaky(args):
+        calls.append([r for r, _ in args[0]])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(args)
+
+    monkeypatch.setattr(images_mod, "_decode_chunk", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        images_mod.build_cache(
+            splits, tmp_path / "c", tmp_path / "p", params(), root, 6, ["0-59", "60-99"], False
+        )
+    assert not (tmp_path / "c").exists() and (tmp_path / "p" / "done.npy").exists()
+    calls.clear()
+    monkeypatch.setattr(images_mod, "_decode_chunk", real)
+    seen = []
+    monkeypatch.setattr(
+        images_mod, "_decode_chunk", lambda a: seen.append([r for r, _ in a[0]]) or real(a)
+    )
+    images_mod.build_cache(
+        splits, tmp_path / "c", tmp_path / "p", params(), root, 6, ["0-59", "60-99"], False
+    )
+    assert sum(len(s) for s in seen) == 2  # only the chunk that was interrupted is decoded again
+    full = ImageCache.open(tmp_path / "c")
+    fresh_dir = tmp_path / "fresh"
+    images_mod.build_cache(
+        splits, fresh_dir, tmp_path / "p2", params(), root, 6, ["0-59", "60-99"], False
+    )
+    assert np.array_equal(np.asarray(full.pixels), np.asarray(ImageCache.open(fresh_dir).pixels))
+
+
+def test_missing_images_folder_is_a_clear_error(tmp_path):
+    splits = {
+        "train": split_rows(["00000001_000.png"]),
+        "val": split_rows([]),
+        "test": split_rows([]),
+    }
+    with pytest.raises(UserError, match="images folder not found"):
+        images_mod.build_cache(
+            splits, tmp_path / "c", tmp_path / "p", params(), tmp_path / "none", 6, ["0-59"], False
+        )
+
+
+def test_open_rejects_incomplete_cache(tmp_path):
+    (tmp_path / "c").mkdir()
+    with pytest.raises(UserError, match="no complete image cache"):
+        ImageCache.open(tmp_path / "c")
