@@ -16,6 +16,20 @@ from fairxray.data import nih
 from fairxray.errors import UserError
 
 
+# The data params a protocol's splits depend on (dvc.yaml's `prepare` lists the same keys).
+SPLIT_PARAMS = (
+    "metadata",
+    "official_lists_dir",
+    "classes",
+    "age_bins",
+    "per_cell",
+    "n_val",
+    "n_test",
+    "seed",
+    "official_val_fraction",
+)
+
+
 def design(p: Params) -> nih.Design:
     d = p.data
     return nih.Design(d.classes, d.age_bins, d.per_cell, d.n_val, d.n_test, d.seed)
@@ -58,9 +72,8 @@ def prepare(p: Params, protocol: str, out_dir: Path | None = None) -> dict:
     splits, extra = make_splits(p, protocol, meta)
     manifest = {
         "protocol": protocol,
-        "profile": p.profile,
         "metadata": {"path": str(source), "sha256": nih.sha256_file(source), "rows": len(meta)},
-        "params": dataclasses.asdict(p.data),
+        "params": {k: v for k, v in dataclasses.asdict(p.data).items() if k in SPLIT_PARAMS},
         "age_groups": nih.age_group_labels(p.data.age_bins),
         "rows": {k: int(len(v)) for k, v in splits.items()},
         "patients": {k: int(v["patient_id"].nunique()) for k, v in splits.items()},
