@@ -1,0 +1,26 @@
+"""Every run's metrics -> the paper's two tables (Markdown, CSV, HTML), figures, paper vs here."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fairxray import paths
+from fairxray.config import load_params
+from fairxray.report import build_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="fairxray report", description=__doc__)
+    ap.add_argument("--out", type=Path, default=paths.REPORTS, help="default: reports/")
+    ap.add_argument("--profile", choices=("demo", "paper"), help="default: from the runs / params")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    p = load_params(args.params)
+    s = build_report(p, args.out, profile=args.profile)
+    missing = f"; {len(s['missing'])} run(s) missing" if s["missing"] else ""
+    print(
+        f"report: {s['runs']} run(s), {s['rows']} model x method row(s) -> {s['out']}/ "
+        f"(report.md, report.html, table1_utility.*, table2_fairness.*){missing}"
+    )
+    return 0
