@@ -1,7 +1,7 @@
 """Build the uint8 image cache of a protocol (see :mod:`fairxray.data.cache` for the layout).
 
-Real mode decodes each needed NIH PNG once (grayscale, padded to square, resized to
-``images.size``), in parallel across processes. Work in progress lives in
+Real mode decodes each needed NIH PNG once (grayscale, padded to square, area-downsampled
+to ``images.size``), in parallel across processes. Work in progress lives in
 ``data/partial/images/<protocol>/`` (pixels plus a done-mask, flushed as it goes), so an interrupted
 build resumes where it stopped. Missing and corrupt files are collected over the whole run and
 reported together; with ``images.on_error: fail`` nothing is published, with ``skip`` they are left
@@ -31,10 +31,7 @@ from fairxray.data import synthetic
 from fairxray.data.cache import INDEX, MANIFEST, PIXELS
 from fairxray.errors import UserError
 
-# Pillow's reducing_gap first shrinks by an integer factor with a box filter, then resamples; at 3.0
-# the result is indistinguishable from a full resample for 1024 -> 256 and several times faster.
-REDUCING_GAP = 3.0
-CHUNK = 64
+CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -67,8 +64,14 @@ def decode(path: Path, size: int) -> np.ndarray:
         canvas = Image.new("L", (side, side), 0)
         canvas.paste(im, ((side - w) // 2, (side - h) // 2))
         im = canvas
+    # Downsample by the largest integer factor with a box filter (area averaging, Image.reduce:
+    # about 8x cheaper than a bilinear resample of the full image; 1024 -> 256 is exactly this
+    # step), then resample any remaining non-integer ratio bilinearly with antialiasing.
+    factor = im.size[0] // size
+    if factor >= 2:
+        im = im.reduce(factor)
     if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
 
 
@@ -223,7 +226,7 @@ def _publish(
         "images": len(keep),
         "rows_per_split": {k: int(len(v)) for k, v in splits.items()},
         "skipped": [{"image_id": p.image_id, "reason": p.reason} for p in problems],
-        "resize": "pad to square with black, then bilinear with antialiasing (Pillow, reducing_gap=3)",
+        "resize": "pad to square with black, box-filter reduce by the integer factor, then bilinear",
     }
     if source == "synthetic":
         manifest["synthetic"] = {
