@@ -60,6 +60,15 @@ class ImageCache:
     def is_synthetic(self) -> bool:
         return self.manifest.get("source") == "synthetic"
 
+    @property
+    def skipped(self) -> set[str]:
+        """Image ids left out under ``images.on_error: skip`` (missing or corrupt files)."""
+        return {s["image_id"] for s in self.manifest.get("skipped", [])}
+
+    def present(self, image_ids) -> np.ndarray:
+        """Boolean mask: which ``image_ids`` have pixels (callers drop skipped images' rows)."""
+        return np.fromiter((str(i) in self.rows for i in image_ids), dtype=bool)
+
     def rows_for(self, image_ids) -> np.ndarray:
         """Row numbers for ``image_ids`` (repeats allowed); a clear error names absent ids."""
         ids = [str(i) for i in image_ids]
