@@ -4,7 +4,7 @@ Use :func:`create`, :func:`get_spec`, :func:`list_models` and :func:`weights_sta
 on model names outside the family modules.
 """
 
-from fairxray.models import toy  # noqa: F401  (registers "toy")
+from fairxray.models import biomedclip, gloria, medclip, openclip, toy  # noqa: F401  (registers)
 from fairxray.models.base import ClipModel
 from fairxray.models.registry import (
     ImageSpec,

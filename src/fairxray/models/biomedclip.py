@@ -1,0 +1,84 @@
+"""BiomedCLIP (open_clip ``CustomTextCLIP``: timm ViT-B/16 + PubMedBERT, context 256).
+
+Built offline: the model config is written out here (it equals the hub's
+``open_clip_config.json``) and the text tower's BERT config ships in
+``fairxray/resources/biomedclip/config.json``, so nothing calls ``AutoConfig.from_pretrained`` on a
+hub name. Real weights: ``open_clip_pytorch_model.bin`` (weights-only pickle) with the stale
+``text.transformer.embeddings.position_ids`` dropped; tokenizer from the folder's ``vocab.txt``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer
+from fairxray.models.openclip import CLIP_IMAGE, OpenClipModel
+from fairxray.models.registry import ModelSpec, register
+from fairxray.models.weights import read_state_file, strict_load
+
+WEIGHTS = "open_clip_pytorch_model.bin"
+CONTEXT = 256
+
+
+def model_config(bert_config_dir: str) -> dict:
+    return {
+        "embed_dim": 512,
+        "vision_cfg": {
+            "image_size": 224,
+            "timm_model_name": "vit_base_patch16_224",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+        },
+        "text_cfg": {
+            "context_length": CONTEXT,
+            "hf_model_name": bert_config_dir,
+            "hf_model_pretrained": False,
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+        },
+    }
+
+
+def build_biomedclip(spec: ModelSpec, model_cfg: dict, folder: Path | None) -> OpenClipModel:
+    import open_clip
+
+    clip = open_clip.CustomTextCLIP(**model_cfg)
+    if folder is not None:
+        path = Path(folder) / WEIGHTS
+        strict_load(clip, read_state_file(path), source=str(path), drop=is_stale_buffer)
+    tok = bert_tokenizer(folder, lower_case=True)  # PubMedBERT is uncased
+    context = spec.text_context
+
+    def tokenize(texts: list[str]):
+        # CLS pooling with a pad-id mask inside open_clip: padding length does not matter.
+        return {"input_ids": bert_tokens(tok, texts, context)["input_ids"]}
+
+    return OpenClipModel(spec, clip, tokenize).eval()
+
+
+def _build(folder: Path | None) -> OpenClipModel:
+    with resources.as_file(resources.files("fairxray") / "resources" / "biomedclip") as cfg_dir:
+        return build_biomedclip(SPEC, model_config(str(cfg_dir)), folder)
+
+
+SPEC = register(
+    ModelSpec(
+        name="biomedclip",
+        family="openclip_hf",
+        build=_build,
+        weight_files=(WEIGHTS, "vocab.txt"),
+        sha256={WEIGHTS: "", "vocab.txt": ""},
+        source="https://huggingface.co/microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+        license="MIT (model card: research use only)",
+        image=CLIP_IMAGE,
+        embed_dim=512,
+        prompt_style="biomedclip",
+        lora_targets=r"trunk\.blocks\.\d+\.attn\.qkv",
+        notes="timm vit_base_patch16_224 (CLS) + PubMedBERT (CLS, MLP proj); ctx 256",
+        feature_dim=768,
+        text_context=CONTEXT,
+        random_vocab_note="random build: generated character-level vocabulary, not PubMedBERT's",
+    )
+)

@@ -1,0 +1,154 @@
+"""GLoRIA (marshuang80/gloria), ResNet-50 + Bio_ClinicalBERT, global branch, re-implemented.
+
+Not the PyPI ``gloria`` package (an unrelated time-series library). Upstream ships a Lightning
+checkpoint that needs unpickling; ``fairxray convert-gloria`` turns it into
+``gloria_resnet50.safetensors`` (upstream key names after stripping ``gloria.``), which is what
+this loader reads (strictly, after ``img_encoder.`` -> ``vision.``, ``text_encoder.`` -> ``text.``
+and dropping stale buffers).
+
+Image: input bilinearly upsampled to 299 (align_corners=True) inside the tower, ResNet-50 avgpool
+-> ``global_embedder`` Linear(2048, 768). The local branch (layer3 -> ``local_embedder``) is kept
+for a strict load but not used by the CLIP interface. Text: upstream's sentence embedding is the
+sum over the last 4 layers of the mean over word positions, where word pieces are merged by
+summing and the mean divides by the padded length (97). Merging by summation keeps the total, so
+the direction equals the masked token sum we compute; cosine scores are identical.
+Logit scale: 10, GLoRIA's global-loss temperature (``temp3`` in its pretraining config).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer
+from fairxray.models.base import ClipModel
+from fairxray.models.medclip import default_bert_config
+from fairxray.models.registry import ImageSpec, ModelSpec, register
+from fairxray.models.weights import read_state_file, strict_load
+
+WEIGHTS = "gloria_resnet50.safetensors"
+CONTEXT = 97
+GLOBAL_TEMPERATURE = 10.0
+LAST_N_LAYERS = 4
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self) -> None:
+        import torchvision
+
+        super().__init__()
+        self.model = torchvision.models.resnet50(weights=None)
+        self.model.fc = nn.Identity()
+        self.global_embedder = nn.Linear(2048, 768)
+        self.local_embedder = nn.Conv2d(1024, 768, kernel_size=1, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=True)
+        m = self.model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
+        return torch.flatten(m.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.global_embedder(self.features(x))
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, bert_config) -> None:
+        from transformers import BertModel
+
+        super().__init__()
+        self.model = BertModel(bert_config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+        )
+        h = torch.stack(out.hidden_states[-LAST_N_LAYERS:]).sum(0)  # [T, L, H]
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / input_ids.shape[1]
+
+
+class GloriaModel(ClipModel):
+    def __init__(self, spec: ModelSpec, bert_config, tokenizer) -> None:
+        super().__init__(spec)
+        self.vision = ImageEncoder()
+        self.text = BertEncoder(bert_config)
+        self._tokenizer = tokenizer
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        # Upstream lower-cases and keeps \w+ words (RegexpTokenizer) before BERT tokenisation.
+        import re
+
+        clean = [" ".join(re.findall(r"\w+", t.lower())) for t in texts]
+        return bert_tokens(self._tokenizer, clean, self.spec.text_context, pad_to_max=True)
+
+    def text_forward(self, **tokens: torch.Tensor) -> torch.Tensor:
+        return self.text(tokens["input_ids"], tokens["attention_mask"])
+
+    def text_modules(self) -> list[nn.Module]:
+        return [self.text]
+
+    def logit_scale(self) -> float:
+        return GLOBAL_TEMPERATURE
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vision.features(images)
+
+    def upstream_state_dict(self) -> dict[str, torch.Tensor]:
+        sd = {f"img_encoder.{k}": v for k, v in self.vision.state_dict().items()}
+        sd.update({f"text_encoder.{k}": v for k, v in self.text.state_dict().items()})
+        return sd
+
+
+def upstream_to_ours(key: str) -> str:
+    for old, new in (("img_encoder.", "vision."), ("text_encoder.", "text.")):
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+def build_gloria(spec: ModelSpec, bert_config, folder: Path | None) -> GloriaModel:
+    model = GloriaModel(spec, bert_config, bert_tokenizer(folder))
+    if folder is not None:
+        path = Path(folder) / WEIGHTS
+        strict_load(
+            model,
+            read_state_file(path),
+            source=str(path),
+            strip_prefixes=("gloria.",),
+            drop=is_stale_buffer,
+            rename=upstream_to_ours,
+        )
+    return model.eval()
+
+
+def _build(folder: Path | None) -> GloriaModel:
+    return build_gloria(SPEC, default_bert_config(), folder)
+
+
+SPEC = register(
+    ModelSpec(
+        name="gloria",
+        family="gloria",
+        build=_build,
+        weight_files=(WEIGHTS, "vocab.txt"),
+        sha256={WEIGHTS: "", "vocab.txt": ""},
+        source="https://stanfordmedicine.box.com/s/j5h7q99f3pfi7enc0dom73m4nsm6yzvh "
+        "(chexpert_resnet50.ckpt, then `fairxray convert-gloria`); vocab.txt from "
+        "https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT",
+        license="Apache-2.0",
+        # Longer side 256 + pad (square cache: a resize), centre crop 224, model upsamples to 299.
+        image=ImageSpec(224, "pad_square", 256, "bilinear", 3, (0.5,) * 3, (0.5,) * 3, "0-1"),
+        embed_dim=768,
+        prompt_style="report_ensemble",
+        lora_targets=r"model\.layer[1-4]\.\d+\.conv[123]",
+        notes="global branch for the CLIP interface; logit scale = temp3 (10)",
+        feature_dim=2048,
+        text_context=CONTEXT,
+        random_vocab_note="random build: generated character-level vocabulary, not Bio_ClinicalBERT's",
+    )
+)

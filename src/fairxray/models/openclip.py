@@ -1,0 +1,155 @@
+"""OpenAI CLIP ViT-B/16 and ViT-B/32 through open_clip (OpenAI key layout, QuickGELU).
+
+Built offline from open_clip's shipped ``-quickgelu`` configs (the plain configs use nn.GELU and
+silently mismatch OpenAI weights). Real weights: OpenAI's TorchScript archive (``ViT-B-32.pt``,
+sha256 = the URL path segment), read tensor-by-tensor with :mod:`safe_pickle`; plain state dicts,
+``{'state_dict': ...}`` wrappers, ``module.`` prefixes and safetensors are accepted too.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fairxray.models.base import ClipModel
+from fairxray.models.registry import ImageSpec, ModelSpec, register
+from fairxray.models.safe_pickle import jit_state_dict
+from fairxray.models.weights import read_state_file, strict_load
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_IMAGE = ImageSpec(224, "shortest+center_crop", None, "bicubic", 3, CLIP_MEAN, CLIP_STD, "0-1")
+
+# TorchScript-only entries: ints OpenAI's build_model deletes, and the causal mask (a plain
+# attribute in OpenAI's code, a non-persistent buffer in open_clip).
+_JIT_ONLY = ("input_resolution", "context_length", "vocab_size")
+
+
+class OpenClipModel(ClipModel):
+    """Wraps an open_clip ``CLIP``/``CustomTextCLIP``: ``vision`` = its ``visual`` tower (moved
+    out, so no parameter is registered twice), ``text`` = the rest (text tower, logit_scale)."""
+
+    def __init__(self, spec: ModelSpec, clip: nn.Module, tokenizer) -> None:
+        super().__init__(spec)
+        visual = clip.visual
+        del clip.visual
+        self.vision = visual
+        self.text = clip
+        self._tokenizer = tokenizer
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self._tokenizer(texts)
+
+    def text_forward(self, **tokens: torch.Tensor) -> torch.Tensor:
+        return self.text.encode_text(tokens["input_ids"], normalize=False)
+
+    def text_modules(self) -> list[nn.Module]:
+        return [self.text]
+
+    def logit_scale(self) -> float:
+        return float(self.text.logit_scale.detach().exp())
+
+    def upstream_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict in open_clip / OpenAI key layout (``visual.*`` + text keys)."""
+        sd = {f"visual.{k}": v for k, v in self.vision.state_dict().items()}
+        sd.update(self.text.state_dict())
+        return sd
+
+
+def _clip_tokenizer(context: int):
+    import open_clip
+
+    # The BPE vocabulary ships inside the open_clip wheel: offline.
+    tok = open_clip.get_tokenizer("ViT-B-32-quickgelu", context_length=context)
+    return lambda texts: {"input_ids": tok(texts)}
+
+
+def read_openai_state(path: Path) -> dict[str, torch.Tensor]:
+    """OpenAI JIT archive, plain/wrapped state dict, or safetensors -> flat state dict."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            is_jit = any("/code/" in n for n in z.namelist())
+        if is_jit:
+            return jit_state_dict(path)
+    sd = read_state_file(path)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]  # PubMedCLIP-style training checkpoint
+    return sd
+
+
+def _drop_openai(key: str) -> bool:
+    return key in _JIT_ONLY or key.endswith("attn_mask")
+
+
+def build_openai_clip(spec: ModelSpec, model_cfg: dict, folder: Path | None) -> OpenClipModel:
+    import open_clip
+
+    clip = open_clip.CLIP(**model_cfg)
+    if folder is not None:
+        path = Path(folder) / spec.weight_files[0]
+        strict_load(
+            clip,
+            read_openai_state(path),
+            source=str(path),
+            strip_prefixes=("module.",),
+            drop=_drop_openai,
+        )
+    return OpenClipModel(spec, clip, _clip_tokenizer(spec.text_context)).eval()
+
+
+def _config(name: str) -> dict:
+    import open_clip
+
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise RuntimeError(f"open_clip ships no config {name!r}")
+    return cfg
+
+
+def _register(name: str, arch: str, jit_file: str, sha: str, url: str) -> ModelSpec:
+    def build(folder: Path | None) -> OpenClipModel:
+        return build_openai_clip(spec, _config(arch), folder)
+
+    spec = register(
+        ModelSpec(
+            name=name,
+            family="openclip_openai",
+            build=build,
+            weight_files=(jit_file,),
+            sha256={jit_file: sha},
+            source=url,
+            license="MIT (openai/CLIP code and weights)",
+            image=CLIP_IMAGE,
+            embed_dim=512,
+            prompt_style="clip_ensemble",
+            # nn.MultiheadAttention: peft adds LoRA to its in_proj and out_proj (the paper's code
+            # adapts in_proj_weight); targeting out_proj alone breaks (peft#2200).
+            lora_targets=r"transformer\.resblocks\.\d+\.attn",
+            notes=f"open_clip {arch}; OpenAI TorchScript archive read without executing it",
+            feature_dim=768,
+            text_context=77,
+        )
+    )
+    return spec
+
+
+_OPENAI = "https://openaipublic.azureedge.net/clip/models"
+_SHA_B32 = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
+_SHA_B16 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+_register(
+    "clip-vit-b32",
+    "ViT-B-32-quickgelu",
+    "ViT-B-32.pt",
+    _SHA_B32,
+    f"{_OPENAI}/{_SHA_B32}/ViT-B-32.pt",
+)
+_register(
+    "clip-vit-b16",
+    "ViT-B-16-quickgelu",
+    "ViT-B-16.pt",
+    _SHA_B16,
+    f"{_OPENAI}/{_SHA_B16}/ViT-B-16.pt",
+)
