@@ -115,6 +115,38 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class TuneParams:
+    """Optuna studies of ``fairxray tune``, one per model x method named ``<model>/<method>``.
+
+    ``space``: method -> train parameter (a ``TrainParams`` field; dotted ``augment.x`` allowed)
+    -> ``{low, high, log}`` (an int or float range by the field's type) or ``{choices: [...]}``.
+    A method without an entry (zero_shot) has nothing to tune."""
+
+    n_trials: int  # finished (complete or pruned) trials per study; a rerun runs only the rest
+    seed: int  # TPE sampler seed; worker k of a shared study uses seed + k
+    startup_trials: int  # TPE: random trials before its model takes over
+    pruner: str  # "median" | "none": stop a trial whose val score is below the median so far
+    pruner_startup_trials: int  # finished trials before any trial may be pruned
+    pruner_warmup_epochs: int  # epochs a trial runs before it may be pruned
+    objective: str  # maximised on validation: "macro_f1" | "accuracy" | "neg_loss"
+    multi_objective: bool  # also minimise ``fairness_key`` on validation; keeps the Pareto front
+    fairness_key: str  # an evaluate metric key computed on val, e.g. f1_gap/age_group/standard
+    max_cost: float  # multi-objective: fairest Pareto trial at most this far below the best objective
+    storage: str | None  # None = sqlite:///studies/optuna.db; postgresql://... shares studies
+    space: dict[str, dict[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """``fairxray export``: image -> class probabilities as ONNX, checked against PyTorch."""
+
+    opset: int
+    exporter: str  # "dynamo" (torch.export, needs onnxscript) | "legacy" (TorchScript tracing)
+    atol: float  # max abs difference of probabilities, onnxruntime vs PyTorch; above it the stage fails
+    parity_images: int  # real cached validation images compared
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str  # "demo" or "paper"; shown on every output
     data: DataParams
@@ -125,6 +157,8 @@ class Params:
     metrics: MetricsParams
     mlflow: MlflowParams
     train: TrainParams
+    tune: TuneParams
+    export: ExportParams
 
     @property
     def is_demo(self) -> bool:
