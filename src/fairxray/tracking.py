@@ -1,0 +1,471 @@
+"""MLflow: one experiment per profile, a parent run per model x method, nested runs per Optuna
+trial (logged live by ``tune``) and per final seed (logged by ``track``), the ONNX model, the
+model registry.
+
+The DVC outputs are the record; MLflow is a browsable view of them. Backend: SQLite
+(``mlflow.tracking_uri``, default ``sqlite:///mlruns/mlflow.db``) with artifacts in an
+``artifacts/`` folder beside the database; an ``http(s)://`` URI uses a shared tracking server
+and its artifact store. MLflow is imported lazily: importing it costs seconds.
+
+Run identity. The parent run of a pair is found by its tags (kind ``pair``, model, method), so
+``tune`` and ``track`` share it. ``track`` creates fresh seed runs each time it runs (MLflow
+params are immutable, so a changed run cannot be updated in place) and marks the pair's earlier
+seed runs ``fairxray.current=false``; the registry gets a new version of the pair's model with
+the alias ``best``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from fairxray import paths
+from fairxray.config import Params
+from fairxray.errors import UserError
+
+TRACKED = Path("tracked")
+ARTIFACTS = "artifacts"
+
+KIND = "fairxray.kind"  # pair | trial | seed
+MODEL = "fairxray.model"
+METHOD = "fairxray.method"
+SEED = "fairxray.seed"
+CURRENT = "fairxray.current"
+STUDY = "fairxray.study"
+TRIAL = "fairxray.trial"
+
+
+def tracked_file(model: str, method: str) -> Path:
+    """``tracked/<model>/<method>.json``: the run ids ``track`` logged (its DVC output)."""
+    return TRACKED / model / f"{method}.json"
+
+
+def registered_name(experiment: str, model: str, method: str) -> str:
+    return f"{experiment}.{model}.{method}"
+
+
+_BAD = re.compile(r"[^/\w.\- ]")
+
+
+def metric_key(key: str) -> str:
+    """An MLflow-safe metric name: ``&`` (the intersection ``age_group&sex``) -> ``_x_``; any
+    other character MLflow rejects -> ``_``. metrics.json is logged too, with the exact keys."""
+    return _BAD.sub("_", key.replace("&", "_x_"))
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def artifact_root(tracking_uri: str) -> Path | None:
+    """``<database folder>/artifacts`` for a SQLite backend; None for a server (it decides)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///") :]).parent / ARTIFACTS
+    return None
+
+
+def client(tracking_uri: str):
+    """An ``MlflowClient`` on ``tracking_uri``; also the fluent API's URI (``mlflow.onnx``
+    logs through it). A SQLite database's folder is created first."""
+    _quiet_env()
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def experiment_id(cl, name: str, tracking_uri: str, profile: str) -> str:
+    exp = cl.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = artifact_root(tracking_uri)
+    location = None
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        location = root.resolve().as_uri()
+    try:
+        return cl.create_experiment(name, artifact_location=location, tags={"profile": profile})
+    except Exception:
+        # Another process created it between the lookup and here.
+        exp = cl.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_info(root: str | Path = ".") -> dict[str, str]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": "unknown (not a git checkout)"}
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+def common_tags(p: Params, model: str, method: str, stage: str) -> dict[str, str]:
+    """Tags of every run: git commit (also MLflow's own source tag), the DVC stage, profile,
+    protocol and the data manifest's hash."""
+    from fairxray.tune import manifest_sha256
+
+    git = git_info()
+    tags = {
+        MODEL: model,
+        METHOD: method,
+        "fairxray.profile": p.profile,
+        "fairxray.protocol": p.data.protocol,
+        "fairxray.dvc_stage": stage,
+        "fairxray.data_manifest_sha256": manifest_sha256(p.data.protocol),
+        "fairxray.git_commit": git["git_commit"],
+        "mlflow.source.git.commit": git["git_commit"],
+    }
+    if "git_dirty" in git:
+        tags["fairxray.git_dirty"] = git["git_dirty"]
+    return tags
+
+
+def _filter(tags: dict[str, str]) -> str:
+    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+
+
+def pair_run(cl, exp_id: str, p: Params, model: str, method: str) -> str:
+    """The parent run of ``model`` x ``method`` (found by tags, created when absent)."""
+    key = {KIND: "pair", MODEL: model, METHOD: method}
+    found = cl.search_runs([exp_id], _filter(key), max_results=1, order_by=["start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    tags = {**key, "fairxray.profile": p.profile, "fairxray.protocol": p.data.protocol}
+    run = cl.create_run(exp_id, tags=tags, run_name=f"{model}/{method}")
+    cl.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def _ms(dt) -> int | None:
+    return None if dt is None else int(dt.timestamp() * 1000)
+
+
+def log_batch(cl, run_id: str, metrics=(), params=(), tags=()) -> None:
+    """``log_batch`` within MLflow's per-request limits (1000 metrics, 100 params, 100 tags)."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    while metrics or params or tags:
+        cl.log_batch(run_id, metrics=metrics[:1000], params=params[:100], tags=tags[:100])
+        metrics, params, tags = metrics[1000:], params[100:], tags[100:]
+
+
+def _metrics(values: dict[str, Any], ts: int, step: int = 0) -> list:
+    from mlflow.entities import Metric
+
+    out = []
+    for k, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int | float | type(None)):
+            continue
+        # An undefined metric (null in metrics.json) is logged as NaN: visible, not dropped.
+        out.append(Metric(metric_key(k), float("nan") if v is None else float(v), ts, step))
+    return out
+
+
+def _params(values: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in values.items()]
+
+
+def _tags(values: dict[str, Any]) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in values.items()]
+
+
+class TrialLogger:
+    """Optuna callback: each finished trial becomes a run nested under the pair's parent run
+    (params, objective value(s), per-epoch intermediate values, trial attributes). Logging
+    errors are printed and never stop the study: the study in its storage is the record."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        p: Params,
+        model: str,
+        method: str,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.uri, self.p, self.model, self.method, self.log = tracking_uri, p, model, method, log
+        self.objective = p.tune.objective
+        self.fairness_key = p.tune.fairness_key
+        self.cl = None
+
+    def _connect(self) -> None:
+        # On the first trial only: a resumed study with nothing left to run never imports MLflow.
+        p = self.p
+        self.cl = client(self.uri)
+        self.exp = experiment_id(self.cl, p.mlflow.experiment, self.uri, p.profile)
+        self.parent = pair_run(self.cl, self.exp, p, self.model, self.method)
+        self.tags = common_tags(p, self.model, self.method, "tune")
+
+    def __call__(self, study, trial) -> None:
+        try:
+            self._log(study, trial)
+        except Exception as exc:  # noqa: BLE001 - tracking must not kill a study
+            self.log(f"tune: warning: MLflow logging of trial {trial.number} failed: {exc}")
+
+    def _log(self, study, trial) -> None:
+        if self.cl is None:
+            self._connect()
+        state = trial.state.name
+        tags = {
+            **self.tags,
+            KIND: "trial",
+            STUDY: study.study_name,
+            TRIAL: str(trial.number),
+            "fairxray.trial_state": state.lower(),
+            "mlflow.parentRunId": self.parent,
+        }
+        run = self.cl.create_run(
+            self.exp,
+            start_time=_ms(trial.datetime_start),
+            tags=tags,
+            run_name=f"trial-{trial.number}",
+        )
+        rid = run.info.run_id
+        now = int(time.time() * 1000)
+        values: dict[str, Any] = {}
+        if trial.values is not None:
+            values[f"val/{self.objective}"] = trial.values[0]
+            if len(trial.values) > 1:
+                values[f"val/{self.fairness_key}"] = trial.values[1]
+        attrs = {k: v for k, v in trial.user_attrs.items() if isinstance(v, int | float)}
+        metrics = _metrics({**values, **attrs}, now)
+        from mlflow.entities import Metric
+
+        metrics += [
+            Metric("val/epoch_score", float(v), now, int(step))
+            for step, v in sorted(trial.intermediate_values.items())
+        ]
+        log_batch(self.cl, rid, metrics=metrics, params=_params(trial.params))
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+        self.cl.set_terminated(rid, status, end_time=_ms(trial.datetime_complete))
+
+
+# -- track: final seeds, ONNX, registry -----------------------------------------------------
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; run the stage that writes it first") from None
+
+
+def seed_inputs(p: Params, model: str, method: str, seed: int) -> dict[str, Any]:
+    """What one seed's run logs, read from the pipeline's outputs."""
+    import yaml
+
+    sdir = paths.seed_dir(model, method, seed)
+    cfg_path = sdir / "config.yaml"
+    if not cfg_path.exists():
+        raise UserError(
+            f"{cfg_path}: missing; run `fairxray train --model {model} --method {method}`"
+        )
+    cfg = yaml.safe_load(cfg_path.read_text())
+    mdir = paths.metrics_dir(model, method, seed)
+    metrics = _read_json(mdir / "metrics.json")
+    params = {
+        "model": model,
+        "method": method,
+        "seed": seed,
+        "protocol": cfg.get("protocol"),
+        "inputs": cfg.get("inputs"),
+        "hyperparameters_from": cfg.get("hyperparameters_from"),
+        "trainable_params": cfg.get("trainable_params"),
+        "random_weights": cfg.get("random_weights"),
+        **{f"train.{k}": v for k, v in _flatten(cfg.get("train", {})).items()},
+    }
+    train_metrics = {}
+    if cfg.get("best_score") is not None:
+        train_metrics[f"val/{cfg.get('selection')}"] = cfg["best_score"]
+        train_metrics["train/best_epoch"] = cfg.get("best_epoch")
+    artifacts = {
+        "evaluate": sorted(f for f in mdir.iterdir() if f.is_file()),
+        "predictions": [
+            f
+            for s in ("val", "test")
+            if (f := paths.prediction_file(model, method, seed, s)).exists()
+        ],
+        "model": [cfg_path],
+    }
+    return {
+        "config": cfg,
+        "params": params,
+        "metrics": metrics,
+        "train_metrics": train_metrics,
+        "history": cfg.get("history") or [],
+        "artifacts": artifacts,
+    }
+
+
+def onnx_signature(report: dict):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inp = TensorSpec(np.dtype(np.float32), tuple(report["input"]["shape"]), report["input"]["name"])
+    out = TensorSpec(
+        np.dtype(np.float32), tuple(report["output"]["shape"]), report["output"]["name"]
+    )
+    return ModelSignature(inputs=Schema([inp]), outputs=Schema([out]))
+
+
+def track(
+    p: Params,
+    model: str,
+    method: str,
+    *,
+    tracking_uri: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Log every seed of ``model`` x ``method`` (resolved params, every metric of
+    ``metrics.json``, tags, artifacts), the exported ONNX model on the exported seed's run
+    (the seed ``export`` picked: best validation score), register it and write
+    ``tracked/<model>/<method>.json``. Returns that file's content."""
+    uri = tracking_uri or p.mlflow.tracking_uri
+    cl = client(uri)
+    exp = experiment_id(cl, p.mlflow.experiment, uri, p.profile)
+    parent = pair_run(cl, exp, p, model, method)
+    tags = common_tags(p, model, method, "train")
+    inputs = {seed: seed_inputs(p, model, method, seed) for seed in p.seeds}
+    report_path = paths.onnx(model, method).with_name("onnx.json")
+    report = _read_json(report_path)
+
+    old = cl.search_runs(
+        [exp], _filter({KIND: "seed", MODEL: model, METHOD: method, CURRENT: "true"})
+    )
+    for r in old:
+        cl.set_tag(r.info.run_id, CURRENT, "false")
+
+    tuned = paths.tuned(model, method)
+    if tuned.exists():
+        cl.log_artifact(parent, str(tuned), "tuned")
+
+    runs: dict[int, str] = {}
+    now = int(time.time() * 1000)
+    for seed, inp in inputs.items():
+        run = cl.create_run(
+            exp,
+            tags={
+                **tags,
+                KIND: "seed",
+                SEED: str(seed),
+                CURRENT: "true",
+                "mlflow.parentRunId": parent,
+            },
+            run_name=f"{model}/{method}/seed{seed}",
+        )
+        rid = run.info.run_id
+        from mlflow.entities import Metric
+
+        history = [
+            Metric(f"train/{k}", float(h[k]), now, int(h["epoch"]))
+            for h in inp["history"]
+            for k in ("train_loss", "val_loss", "val_score")
+            if k in h and h[k] is not None and math.isfinite(float(h[k]))
+        ]
+        log_batch(
+            cl,
+            rid,
+            metrics=_metrics(inp["metrics"], now) + _metrics(inp["train_metrics"], now) + history,
+            params=_params(inp["params"]),
+        )
+        for folder, files in inp["artifacts"].items():
+            for f in files:
+                cl.log_artifact(rid, str(f), folder)
+        runs[seed] = rid
+        log(f"track: {model}/{method} seed {seed}: run {rid}")
+
+    registered = None
+    onnx_seed = report.get("seed")
+    if report.get("exported") and onnx_seed in runs:
+        registered = _log_onnx(cl, runs[onnx_seed], report, report_path, p, model, method)
+        log(
+            f"track: ONNX of seed {onnx_seed} logged and registered as "
+            f"{registered['name']} version {registered['version']} (alias best)"
+        )
+    elif not report.get("exported"):
+        log(f"track: {report_path}: no ONNX model ({report.get('reason')}); nothing registered")
+    for rid in runs.values():
+        cl.set_terminated(rid, "FINISHED")
+    cl.set_tag(parent, "fairxray.best_run", runs.get(onnx_seed, ""))
+
+    content = {
+        "tracking_uri": _redact_uri(uri),
+        "experiment": p.mlflow.experiment,
+        "experiment_id": exp,
+        "parent_run_id": parent,
+        "seed_runs": {str(k): v for k, v in runs.items()},
+        "best_seed": onnx_seed,
+        "registered_model": registered,
+    }
+    _write_json(tracked_file(model, method), content)
+    return content
+
+
+def _log_onnx(cl, run_id, report, report_path, p, model, method) -> dict:
+    import mlflow
+    import onnx
+
+    onnx_path = report_path.with_name("model.onnx")
+    name = registered_name(p.mlflow.experiment, model, method)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.onnx.log_model(
+            onnx.load(str(onnx_path)),
+            name="model",
+            signature=onnx_signature(report),
+            registered_model_name=name,
+            save_as_external_data=False,
+        )
+        mlflow.log_artifact(str(report_path), "model")
+    version = str(info.registered_model_version)
+    cl.set_registered_model_alias(name, "best", version)
+    return {"name": name, "version": version, "model_uri": info.model_uri}
+
+
+def _redact_uri(uri: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@/]+@", r"//\1:***@", uri)
+
+
+def _write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def find_runs(cl, exp_id: str, tags: dict[str, str]) -> Iterable:
+    return cl.search_runs([exp_id], _filter(tags))
