@@ -438,6 +438,15 @@ def build_report(
     for key, _ in t2:
         scatter[_plot_name(key)] = agg[key]
     scatter.to_csv(tmp / "accuracy_vs_gaps.csv", index=False)
+    # One numbers-only file for `dvc metrics show/diff` (a metrics folder also holds PNG and CSV).
+    summary = {
+        f"{r['model']}/{r['method']}": {
+            "n_seeds": int(r["n_seeds"]),
+            **{k: _num(r[k]) for k in agg.columns if k not in ("model", "method", "n_seeds", "ci")},
+        }
+        for _, r in agg.iterrows()
+    }
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     fig1 = _png(figure_accuracy_vs_gaps(agg, t2, demo))
     fig2 = _png(figure_group_bars(c.by_group, "macro_f1", demo)) if len(c.by_group) else None
@@ -500,6 +509,11 @@ def build_report(
         "out": str(out_dir),
         "profile": profile,
     }
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
 
 
 def _plot_name(key: str) -> str:

@@ -127,6 +127,11 @@ def test_demo_is_labelled_everywhere(report_dir):
 def test_dvc_plot_sources_exist(report_dir):
     scatter = pd.read_csv(report_dir / "accuracy_vs_gaps.csv")
     assert "accuracy" in scatter and "f1_gap__age_group__paper" in scatter
+    summary = json.loads((report_dir / "summary.json").read_text())  # for `dvc metrics show`
+    assert set(summary) == {"toy/linear_probe", "toy/mlp"}
+    assert all(
+        isinstance(v, int | float) or v is None for r in summary.values() for v in r.values()
+    )
     for png in ("accuracy_vs_gaps.png", "group_macro_f1.png"):
         assert (report_dir / "figures" / png).read_bytes()[:4] == b"\x89PNG"
 
