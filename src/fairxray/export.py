@@ -1,0 +1,346 @@
+"""ONNX export: a trained model x method as image -> class probabilities, checked against PyTorch.
+
+The exported graph takes the model's preprocessed input (``ClipModel.preprocess`` of the uint8
+cache: float32 ``[batch, C, S, S]``, normalised per the model's ``ImageSpec``, recorded in the
+report and in the ONNX metadata) and returns softmax probabilities ``[batch, n_classes]``; the
+batch axis is dynamic. What is exported per method:
+
+- ``lora``, ``full_ft``: the adapted image tower + head. LoRA is merged into the base weights
+  first: unmerged peft layers on ``nn.MultiheadAttention`` export silently wrong results with the
+  legacy exporter and fail with the dynamo one (stack-notes.md).
+- ``linear_probe``, ``mlp``: the frozen image tower (the weights the ``embed`` stage used) + the
+  trained head: the same composition as ``embed`` then ``train``.
+- ``zero_shot``: the image tower + the class text embeddings baked in as a constant, then
+  ``softmax(logit_scale * cos)``, as :mod:`fairxray.zero_shot` computes it.
+
+Which seed: the seed of ``params.seeds`` with the best validation score (``train.selection``,
+recorded by ``train``; the first such seed on ties). zero_shot has no score and is deterministic:
+its first seed. Parity: real cached validation images through onnxruntime and PyTorch, at the
+full parity batch and at batch 1 (the dynamic axis); max abs difference above ``export.atol``
+fails the stage and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fairxray import paths
+from fairxray.config import ExportParams, Params
+from fairxray.errors import UserError
+
+FORMAT = 1
+INPUT = "image"
+OUTPUT = "probs"
+EXPORTERS = ("dynamo", "legacy")
+
+
+class ProbsModel(nn.Module):
+    """Preprocessed images -> class probabilities: ``softmax(head(features(image)))``."""
+
+    def __init__(self, features: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(self.features(image)), dim=-1)
+
+
+class ZeroShotProbs(nn.Module):
+    """Preprocessed images -> ``softmax(logit_scale * cos(image embedding, class embedding))``
+    with the class embeddings as a constant buffer."""
+
+    def __init__(self, vision: nn.Module, text_emb: torch.Tensor, logit_scale: float) -> None:
+        super().__init__()
+        self.vision = vision
+        self.register_buffer("text", F.normalize(text_emb.detach().float(), dim=-1).clone())
+        self.logit_scale = float(logit_scale)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(self.vision(image), dim=-1)
+        return torch.softmax(self.logit_scale * (z @ self.text.T), dim=-1)
+
+
+def merge_lora(module: nn.Module) -> int:
+    """Fold every peft LoRA layer of ``module`` into its base layer and put the plain base layer
+    back in its place (peft's ``merge_and_unload`` for adapters injected without a PeftModel).
+    Returns the number of layers merged."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [(n, m) for n, m in module.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in layers:
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, layer.get_base_layer())
+    return len(layers)
+
+
+def _seed_config(model: str, method: str, seed: int) -> dict:
+    import yaml
+
+    path = paths.seed_dir(model, method, seed) / "config.yaml"
+    if not path.exists():
+        raise UserError(f"{path}: missing; run `fairxray train --model {model} --method {method}`")
+    return yaml.safe_load(path.read_text())
+
+
+def choose_seed(model: str, method: str, seeds) -> tuple[int, str]:
+    """The seed to export and why (see the module docstring)."""
+    configs = {s: _seed_config(model, method, s) for s in seeds}
+    scored = {s: c["best_score"] for s, c in configs.items() if c.get("best_score") is not None}
+    if not scored:
+        return seeds[0], "first seed of params.seeds (no validation score: nothing trained)"
+    best = max(scored.values())
+    seed = next(s for s in seeds if scored.get(s) == best)
+    sel = configs[seed].get("selection")
+    return seed, f"best validation {sel} over params.seeds ({best:.6f}; first on ties)"
+
+
+def build_probs_model(model: str, method: str, seed: int, classes) -> tuple[nn.Module, dict]:
+    """The image -> probabilities module of one trained seed, on CPU in eval mode, and facts
+    for the report (preprocess function, ImageSpec, LoRA layers merged, merge difference)."""
+    from fairxray import zero_shot
+    from fairxray.models import create
+    from fairxray.train import load_trained
+
+    sdir = paths.seed_dir(model, method, seed)
+    cfg = _seed_config(model, method, seed)
+    weights = cfg.get("weights_dir")
+    info: dict = {"lora_layers_merged": 0}
+    if cfg.get("inputs") == "none":
+        clip = create(model, weights).eval()
+        text = zero_shot.text_embeddings(clip, list(classes))
+        out = ZeroShotProbs(clip.vision, text, clip.logit_scale())
+        info.update(preprocess=clip.preprocess, image=clip.spec.image)
+    elif cfg.get("inputs") == "embeddings":
+        head, _ = load_trained(sdir, weights)
+        clip = create(model, weights).eval()
+        out = ProbsModel(clip.vision, head)
+        info.update(preprocess=clip.preprocess, image=clip.spec.image)
+    else:
+        trained, _ = load_trained(sdir, weights)
+        info.update(preprocess=trained.preprocess, image=_image_spec(model))
+        out = ProbsModel(trained.vision, trained.head)
+        info["merge"] = True
+    return out.eval().float(), info
+
+
+def _image_spec(model: str):
+    from fairxray.models.registry import get_spec
+
+    return get_spec(model).image
+
+
+def parity_pixels(p: Params, n: int) -> tuple[list[str], np.ndarray]:
+    """The first ``n`` distinct validation images of ``data.protocol`` from the image cache."""
+    from fairxray.data.cache import ImageCache
+    from fairxray.prepare import load_splits
+
+    val = load_splits(p.data.protocol)["val"]
+    ids = list(dict.fromkeys(val["image_id"].astype(str)))[:n]
+    if not ids:
+        raise UserError(f"{paths.splits(p.data.protocol)}: the val split is empty")
+    cache = ImageCache.open(paths.images(p.data.protocol))
+    return ids, np.asarray(cache.get(ids))
+
+
+def torch_probs(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return module(torch.from_numpy(x)).float().numpy()
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, e: ExportParams) -> None:
+    """``module`` -> ONNX at ``path`` with a dynamic batch axis; ``onnx.checker`` passes."""
+    import onnx
+
+    if e.exporter not in EXPORTERS:
+        raise UserError(f"params.yaml: 'export.exporter' must be one of {EXPORTERS}")
+    names = {"input_names": [INPUT], "output_names": [OUTPUT], "opset_version": e.opset}
+    if e.exporter == "dynamo":
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        prog = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            dynamic_shapes={INPUT: {0: batch}},
+            external_data=False,
+            verbose=False,
+            **names,
+        )
+        prog.save(str(path))
+    else:
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            **names,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def ort_probs(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run([OUTPUT], {INPUT: x})[0]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def report_file(model: str, method: str) -> Path:
+    """``models/<model>/<method>/onnx.json``: the export's parity report."""
+    return paths.onnx(model, method).with_name("onnx.json")
+
+
+def _write_json(path: Path, content: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _predictions_check(model, method, seed, ids, probs, classes) -> dict:
+    """The exported module against the val predictions ``train`` wrote for the same images:
+    shows the exported weights are the evaluated ones (informational: a GPU run under bf16
+    autocast differs by more than fp32 rounding)."""
+    import pandas as pd
+
+    from fairxray.predictions import prob_columns
+
+    f = paths.prediction_file(model, method, seed, "val")
+    if not f.exists():
+        return {"checked": False, "reason": f"{f} missing"}
+    df = pd.read_parquet(f).drop_duplicates("image_id").set_index("image_id")
+    ref = df.loc[ids, prob_columns(classes)].to_numpy(dtype=np.float64)
+    return {
+        "checked": True,
+        "file": str(f),
+        "max_abs_diff": float(np.max(np.abs(ref - probs.astype(np.float64)))),
+    }
+
+
+def export(p: Params, model: str, method: str, log: Callable[[str], None] = print) -> dict:
+    """Export ``model`` x ``method``; write ``model.onnx`` and ``onnx.json`` (atomically, only
+    when parity holds) and return the report."""
+    import onnx
+
+    e = p.export
+    if e.parity_images < 2:
+        raise UserError("params.yaml: 'export.parity_images' must be at least 2")
+    classes = list(p.data.classes)
+    seed, why = choose_seed(model, method, list(p.seeds))
+    module, info = build_probs_model(model, method, seed, classes)
+    ids, px = parity_pixels(p, e.parity_images)
+    with torch.inference_mode():
+        x = info["preprocess"](torch.from_numpy(px)).float().numpy()
+    merge_diff = None
+    if info.get("merge"):
+        before = torch_probs(module, x)
+        info["lora_layers_merged"] = merge_lora(module)
+        merge_diff = float(np.max(np.abs(torch_probs(module, x) - before)))
+    ref = torch_probs(module, x)
+
+    out = paths.onnx(model, method)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        export_onnx(module, torch.from_numpy(x[:2]), tmp, e)
+        proto = onnx.load(str(tmp))
+        meta = {
+            "fairxray.model": model,
+            "fairxray.method": method,
+            "fairxray.seed": str(seed),
+            "fairxray.classes": json.dumps(classes),
+            "fairxray.preprocessing": json.dumps(asdict(info["image"])),
+        }
+        onnx.helper.set_model_props(proto, meta)
+        onnx.save(proto, str(tmp))
+        full = ort_probs(tmp, x)
+        one = ort_probs(tmp, x[:1])
+        diff = max(float(np.max(np.abs(full - ref))), float(np.max(np.abs(one - ref[:1]))))
+        if not np.all(np.isfinite(full)) or diff > e.atol:
+            raise UserError(
+                f"export {model}/{method}: onnxruntime differs from PyTorch by {diff:.3g} "
+                f"(> export.atol {e.atol:g}) on {len(ids)} validation images; nothing written"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    img = info["image"]
+    report = {
+        "format": FORMAT,
+        "exported": True,
+        "model": model,
+        "method": method,
+        "seed": seed,
+        "seed_choice": why,
+        "exporter": e.exporter,
+        "opset": e.opset,
+        "input": {
+            "name": INPUT,
+            "shape": [-1, img.in_channels, img.size, img.size],
+            "dtype": "float32",
+            "preprocessing": asdict(img),
+            "note": "uint8 grayscale -> ClipModel.preprocess (resize, value range, channels, mean/std)",
+        },
+        "output": {"name": OUTPUT, "shape": [-1, len(classes)], "classes": classes},
+        "lora_layers_merged": info["lora_layers_merged"],
+        "merge_max_abs_diff": merge_diff,
+        "parity": {
+            "images": len(ids),
+            "source": f"val split of {p.data.protocol}, first {len(ids)} distinct images",
+            "batch_sizes": [len(ids), 1],
+            "max_abs_diff": diff,
+            "atol": e.atol,
+            "passed": True,
+        },
+        "predictions_check": _predictions_check(model, method, seed, ids, ref, classes),
+        "onnx_sha256": _sha256(out),
+        "onnx_bytes": out.stat().st_size,
+        "versions": _versions(),
+    }
+    _write_json(report_file(model, method), report)
+    pc = report["predictions_check"]
+    log(
+        f"export {model}/{method} seed {seed}: {out} ({report['onnx_bytes'] / 1e6:.2f} MB), "
+        f"max |onnxruntime - torch| {diff:.2e} on {len(ids)} val images (atol {e.atol:g})"
+        + (f", vs train's val predictions {pc['max_abs_diff']:.2e}" if pc.get("checked") else "")
+    )
+    if pc.get("checked") and pc["max_abs_diff"] > e.atol:
+        log(
+            f"export {model}/{method}: warning: the exported model differs from train's val "
+            f"predictions by {pc['max_abs_diff']:.3g} (expected on GPU/bf16 runs only)"
+        )
+    return report
