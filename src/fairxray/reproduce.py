@@ -124,6 +124,27 @@ def _columns_sha256(path: Path) -> tuple[str, pd.DataFrame]:
     return hashlib.sha256(text).hexdigest(), cols
 
 
+def _column_difference(path: Path, ref_path: Path) -> str | None:
+    """None when the columns the pipeline reads are identical to the reference's, else how
+    they differ."""
+    try:
+        got, cols = _columns_sha256(path)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        return f"not a readable NIH metadata CSV ({exc})"
+    want, ref_cols = _columns_sha256(ref_path)
+    if got == want:
+        return None
+    if len(cols) != len(ref_cols):
+        return f"{len(cols)} data rows instead of {len(ref_cols)}"
+    diff = (cols.to_numpy() != ref_cols.to_numpy()).any(axis=1).nonzero()[0]
+    first = int(diff[0])
+    bad_cols = [c for c in nih.REQUIRED if cols[c].iat[first] != ref_cols[c].iat[first]]
+    return (
+        f"{len(diff)} row(s) differ in the columns the pipeline reads, first at line "
+        f"{first + 2} ({', '.join(bad_cols)})"
+    )
+
+
 @functools.cache
 def reference_metadata() -> tuple[Path, str]:
     """The bundled NIH table (torchxrayvision's gzipped ``Data_Entry_2017_v2020.csv``) and the
@@ -160,28 +181,13 @@ def check_metadata(path: Path | None) -> Preflight:
     if sha == ref_sha:
         out.checked.append(f"metadata: {path} sha256 {sha} matches the reference table")
         return out
-    try:
-        got, cols = _columns_sha256(path)
-        want, ref_cols = _columns_sha256(ref_path)
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        out.problems.append(f"{path}: not a readable NIH metadata CSV ({exc})")
-        return out
-    if got == want:
+    detail = _column_difference(path, ref_path)
+    if detail is None:
         out.checked.append(
             f"metadata: {path} sha256 {sha} differs from the reference {ref_sha}, but every "
             f"column the pipeline reads ({', '.join(nih.REQUIRED)}) is identical"
         )
         return out
-    if len(cols) != len(ref_cols):
-        detail = f"{len(cols)} data rows instead of {len(ref_cols)}"
-    else:
-        diff = (cols.to_numpy() != ref_cols.to_numpy()).any(axis=1).nonzero()[0]
-        first = int(diff[0])
-        bad_cols = [c for c in nih.REQUIRED if cols[c].iat[first] != ref_cols[c].iat[first]]
-        detail = (
-            f"{len(diff)} row(s) differ in the columns the pipeline reads, first at line "
-            f"{first + 2} ({', '.join(bad_cols)})"
-        )
     out.problems.append(
         f"{path}: sha256 {sha} is not NIH's {METADATA_NAME} ({ref_sha}, the copy bundled in "
         f"torchxrayvision): {detail}. Use the v2020 table from the NIH download (the 2017 "
@@ -318,6 +324,13 @@ def check_weights(models: Iterable[str], weights_dir: Path | None, load: bool = 
             except UserError as exc:
                 out.problems.append(str(exc))
                 continue
+            except Exception as exc:  # a corrupt file fails inside its reader (safetensors, torch)
+                first = (str(exc).strip().splitlines() or [""])[0]
+                out.problems.append(
+                    f"{status.folder}: weights for model '{name}' cannot be loaded "
+                    f"({type(exc).__name__}: {first})"
+                )
+                continue
             note += "; loaded strictly on the CPU"
         out.checked.append(f"weights: {status.folder}: present{note}")
     return out
@@ -342,21 +355,21 @@ def check_out(out_dir: Path) -> Preflight:
     return out
 
 
-def cuda_available() -> bool:
+def cuda_device() -> str | None:
+    """Name of the first CUDA device torch sees, or None."""
     import torch
 
-    return bool(torch.cuda.is_available())
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def check_gpu(allow_cpu: bool, available: Callable[[], bool] = cuda_available) -> Preflight:
+def check_gpu(allow_cpu: bool, probe: Callable[[], str | None] | None = None) -> Preflight:
+    """A CUDA device for torch; ``probe`` replaces :func:`cuda_device` (tests)."""
     out = Preflight()
     import torch
 
-    if available():
-        out.checked.append(
-            f"GPU: {torch.cuda.get_device_name(0)} (torch {torch.__version__}, "
-            f"CUDA {torch.version.cuda})"
-        )
+    device = (probe or cuda_device)()
+    if device:
+        out.checked.append(f"GPU: {device} (torch {torch.__version__}, CUDA {torch.version.cuda})")
         return out
     msg = (
         f"no CUDA GPU visible to torch {torch.__version__} (built for CUDA "
@@ -379,7 +392,7 @@ def preflight(
     metadata: Path | None,
     allow_cpu: bool = False,
     load_weights: bool = False,
-    gpu: Callable[[], bool] = cuda_available,
+    gpu: Callable[[], str | None] | None = None,
 ) -> Preflight:
     """Every check, every problem collected; nothing touches the GPU and nothing is written
     except a probe file in ``out_dir``. ``p`` (the params the run will use) gives the protocols,
@@ -487,16 +500,16 @@ def prepare_run_dir(project: Path, out_dir: Path, params_text: str) -> Path:
     os.replace(tmp, out_dir / "params.yaml")
     (out_dir / "mlruns").mkdir(exist_ok=True)
     if not (out_dir / ".dvc").is_dir():
-        # --subdir: the folder may sit inside someone's git checkout; it is its own DVC root.
-        res = subprocess.run(
-            [dvc_executable(), "init", "--no-scm", "--subdir", "-q"],
-            cwd=out_dir,
-            env=run_env(),
-            capture_output=True,
-            text=True,
-        )
-        if res.returncode != 0:
-            raise UserError(f"{out_dir}: `dvc init --no-scm` failed: {res.stderr.strip()}")
+        # A DVC repository without git: the run folder is its own DVC root even inside a git
+        # checkout (checked in the tests); analytics off as in the project's own .dvc/config.
+        for cmd in (["init", "--no-scm", "-q"], ["config", "core.analytics", "false"]):
+            res = subprocess.run(
+                [dvc_executable(), *cmd], cwd=out_dir, env=run_env(), capture_output=True, text=True
+            )
+            if res.returncode != 0:
+                raise UserError(
+                    f"{out_dir}: `dvc {' '.join(cmd)}` failed: {(res.stderr or res.stdout).strip()}"
+                )
     return out_dir
 
 
