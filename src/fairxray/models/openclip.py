@@ -109,7 +109,12 @@ def _config(name: str) -> dict:
     return cfg
 
 
+ARCHS: dict[str, str] = {}  # registry name -> open_clip config it is built from
+
+
 def _register(name: str, arch: str, jit_file: str, sha: str, url: str) -> ModelSpec:
+    ARCHS[name] = arch
+
     def build(folder: Path | None) -> OpenClipModel:
         return build_openai_clip(spec, _config(arch), folder)
 
