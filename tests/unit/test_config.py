@@ -84,3 +84,25 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_every_listed_model_and_method_is_registered():
+    from fairxray import adapt
+    from fairxray.models import list_models
+
+    p = load_params(REPO / "params.yaml")
+    paper = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    for name in (*p.models, *paper["models"]):
+        assert name in list_models(), name
+    for method in p.methods:
+        assert adapt.get_method(method).name == method
+    # The registry holds the paper's five families (six entries) and the demo's toy model.
+    assert {
+        "clip-vit-b16",
+        "clip-vit-b32",
+        "medclip-resnet",
+        "medclip-vit",
+        "gloria",
+        "biomedclip",
+        "toy",
+    } <= set(list_models())
