@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,4 +66,25 @@ def main(argv: list[str] | None = None) -> int:
         f"http://{args.host}:{args.port}  (Ctrl-C stops it)",
         flush=True,
     )
-    return subprocess.call(cmd, env=env)
+    return serve(cmd, env)
+
+
+def serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the server until it exits; on Ctrl-C or SIGTERM stop it too (no orphan server)."""
+    # Its own process group, so stopping it stops every process the server started.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
