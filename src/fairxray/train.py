@@ -23,6 +23,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -213,6 +214,17 @@ def clear_checkpoints(folder: Path) -> None:
 # -- the loop -------------------------------------------------------------------------------
 
 
+def _set_deterministic(mode: bool, warn_only: bool = False) -> None:
+    # The public setter also flips torch._inductor's flag and so imports inductor (~3 s per
+    # process, paid by every `fairxray train`). Nothing here compiles; when inductor is not loaded
+    # the eager flag alone is the same setting.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
 @contextlib.contextmanager
 def _run_context(device: torch.device, num_threads: int) -> Iterator[None]:
     """Deterministic algorithms on CPU and an optional thread count, restored afterwards."""
@@ -221,12 +233,12 @@ def _run_context(device: torch.device, num_threads: int) -> Iterator[None]:
     prev_threads = torch.get_num_threads()
     try:
         if device.type == "cpu":
-            torch.use_deterministic_algorithms(True)
+            _set_deterministic(True)
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         yield
     finally:
-        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        _set_deterministic(prev_det, prev_warn)
         torch.set_num_threads(prev_threads)
 
 
