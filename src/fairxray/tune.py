@@ -281,11 +281,18 @@ def fairness_gap(p: Params, val_frame, probs: np.ndarray, key: str) -> float:
 
     s = dataclasses.replace(eval_settings(p), n_boot=0)
     df = prediction_frame(val_frame, probs, p.data.classes, p.metrics.sensitive)
-    metrics, _ = point_metrics(prepare(df, s, "validation predictions"), s)
+    # Every metric is computed; only the warnings about the chosen one matter here.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics, _ = point_metrics(prepare(df, s, "validation predictions"), s)
     if key not in metrics:
         sample = ", ".join(sorted(k for k in metrics if "gap" in k or "eq_odds" in k)[:6])
         raise UserError(f"params.yaml: 'tune.fairness_key' {key!r} is not a metric; e.g. {sample}")
-    return float(metrics[key])
+    value = float(metrics[key])
+    if math.isnan(value):
+        why = "; ".join(dict.fromkeys(str(w.message) for w in caught)) or "undefined"
+        raise UserError(f"tune: validation {key} is undefined, so it cannot be minimised: {why}")
+    return value
 
 
 def counted_states() -> tuple:

@@ -1,0 +1,264 @@
+"""Optuna tuning: search spaces typed by TrainParams, objective values against scikit-learn, the
+Pareto choice by hand, and real studies on a tiny project (tuned file read by train, resume after
+an interruption keeps finished trials, settings-hashed study names)."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+from fairxray import paths
+from fairxray.config import load_params
+from fairxray.errors import UserError
+from fairxray.train import resolve_train_params
+from fairxray.tune import (
+    apply_overrides,
+    choose_pareto,
+    objective_value,
+    search_space,
+    settings,
+    storage_url,
+    study_name,
+    tune,
+)
+
+
+def _tp(params, **space):
+    return dataclasses.replace(params.tune, space=space)
+
+
+# -- search spaces --------------------------------------------------------------------------
+
+
+def test_range_type_follows_train_field(params):
+    dims = search_space(
+        _tp(
+            params,
+            lora={
+                "lora_rank": {"low": 2, "high": 16, "log": True},
+                "lora_dropout": {"low": 0, "high": 1},
+                "augment.flip_p": {"low": 0.0, "high": 0.5},
+                "head": {"choices": ["paper", "linear"]},
+            },
+        ),
+        "lora",
+    )
+    kinds = {d.name: d.kind for d in dims}
+    # lora_rank is an int field; lora_dropout a float field even with integer bounds.
+    assert kinds == {
+        "lora_rank": "int",
+        "lora_dropout": "float",
+        "augment.flip_p": "float",
+        "head": "categorical",
+    }
+    assert search_space(_tp(params), "lora") == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "msg"),
+    [
+        ({"nope": {"low": 1, "high": 2}}, "not a train parameter"),
+        ({"augment": {"low": 0, "high": 1}}, "not a train parameter"),
+        ({"lr": {"low": 0.0, "high": 1.0, "log": True}}, "log range needs low > 0"),
+        ({"lr": {"low": 1.0, "high": 0.1}}, "low must be below high"),
+        ({"lora_rank": {"low": 1.5, "high": 4}}, "integer low and high"),
+        ({"head_hidden": {"choices": [32, "wide"]}}, "is not a int"),
+        ({"head": {"low": 1, "high": 2}}, "takes {choices"),
+        ({"lr": {"low": 1e-4}}, "needs low and high"),
+    ],
+)
+def test_bad_space_names_the_key(params, spec, msg):
+    with pytest.raises(UserError, match=msg) as err:
+        search_space(_tp(params, mlp=spec), "mlp")
+    assert f"tune.space.mlp.{next(iter(spec))}" in str(err.value)
+
+
+def test_params_yaml_spaces_are_valid(params):
+    for method in params.methods:
+        for d in search_space(params.tune, method):
+            hp = apply_overrides(params.train, {d.name: d.choices[0] if d.choices else d.low})
+            assert hp != params.train or d.low == getattr(params.train, d.name, None)
+
+
+def test_overrides_round_trip_through_the_tuned_file(params, tmp_path):
+    from fairxray.tune import write_tuned
+
+    overrides = {"lr": 0.0123, "lora_rank": 8, "augment.flip_p": 0.1, "head": "linear"}
+    f = write_tuned(tmp_path / "t.yaml", {"params": overrides})
+    hp, src = resolve_train_params(params.train, f)
+    assert src == str(f)
+    assert hp == apply_overrides(params.train, overrides)
+    assert (hp.lr, hp.lora_rank, hp.augment.flip_p, hp.head) == (0.0123, 8, 0.1, "linear")
+    assert hp.augment.jitter == params.train.augment.jitter
+
+
+# -- objective values and the Pareto choice ---------------------------------------------------
+
+
+def test_objective_values_match_sklearn():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 50)
+    y[:4] = [0, 1, 2, 3]
+    probs = rng.dirichlet(np.ones(4), 50)
+    pred = probs.argmax(1)
+    assert objective_value("macro_f1", y, probs) == pytest.approx(
+        f1_score(y, pred, average="macro", labels=[0, 1, 2, 3], zero_division=0)
+    )
+    assert objective_value("accuracy", y, probs) == pytest.approx(accuracy_score(y, pred))
+    assert objective_value("neg_loss", y, probs) == pytest.approx(
+        -log_loss(y, probs, labels=[0, 1, 2, 3])
+    )
+
+
+def _t(number, acc, gap):
+    return SimpleNamespace(number=number, values=(acc, gap))
+
+
+def test_pareto_choice_by_hand():
+    front = [_t(0, 0.80, 0.20), _t(1, 0.78, 0.10), _t(2, 0.70, 0.02), _t(3, 0.79, float("nan"))]
+    assert choose_pareto(front, 0.0).number == 0  # the most accurate
+    assert choose_pareto(front, 0.02).number == 1  # 0.78 >= 0.80 - 0.02, gap 0.10 < 0.20
+    assert choose_pareto(front, 0.10).number == 2
+    assert choose_pareto(front, 1.0).number == 2  # a NaN gap never wins
+
+
+def test_storage_url(params):
+    assert storage_url(params.tune) == "sqlite:///studies/optuna.db"
+    assert storage_url(params.tune, "postgresql://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
+
+
+# -- real studies on a tiny project ------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A tiny project (splits, 32 px image cache, params) as cwd; 2 epochs per trial."""
+    from _trainkit import write_project
+
+    path = write_project(tmp_path, train_overrides={"epochs": 2})
+    monkeypatch.chdir(tmp_path)
+    p = load_params(path)
+    tp = dataclasses.replace(
+        p.tune,
+        n_trials=3,
+        startup_trials=2,
+        space={
+            "lora": {
+                "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+                "lora_rank": {"choices": [2, 4]},
+            }
+        },
+    )
+    return dataclasses.replace(p, tune=tp)
+
+
+def _quiet(_msg):
+    return None
+
+
+def test_study_writes_tuned_file_that_train_reads(project):
+    content = tune(project, "toy", "lora", log=_quiet)
+    f = paths.tuned("toy", "lora")
+    assert f.exists()
+    trials = content["study"]["trials"]
+    assert len(trials) == 3 and content["study"]["counts"]["complete"] >= 1
+    finished = [t for t in trials if t["state"] == "complete"]
+    best = max(finished, key=lambda t: t["values"][0])
+    assert content["best_trial"] == best["number"]
+    assert content["params"] == best["params"]
+    hp, src = resolve_train_params(project.train, f)
+    assert src == str(f)
+    assert hp.lr == best["params"]["lr"] and hp.lora_rank == best["params"]["lora_rank"]
+    assert hp.epochs == project.train.epochs  # untuned keys keep params.yaml's values
+
+    import optuna
+
+    study = optuna.load_study(
+        study_name=content["study"]["name"], storage=storage_url(project.tune)
+    )
+    for t in study.trials:
+        # fit() reported every epoch's validation score to the pruner
+        assert sorted(t.intermediate_values) == list(range(1, len(t.user_attrs["val_history"]) + 1))
+        assert t.user_attrs["worker"] == 0
+
+
+def test_interrupted_study_resumes_with_finished_trials(project, monkeypatch):
+    import optuna
+
+    import fairxray.train
+
+    calls = []
+    real_fit = fairxray.train.fit
+
+    def counting_fit(*a, **k):
+        calls.append(1)
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(fairxray.train, "fit", counting_fit)
+
+    def interrupt_after_two(study, trial):
+        if len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(project, "toy", "lora", callbacks=[interrupt_after_two], log=_quiet)
+    assert not paths.tuned("toy", "lora").exists()  # no output from an unfinished study
+    assert len(calls) == 2
+    name = study_name("toy", "lora", settings(project, "toy", "lora"))
+    first = optuna.load_study(study_name=name, storage=storage_url(project.tune)).trials
+    kept = [(t.number, t.params, t.values) for t in first]
+
+    content = tune(project, "toy", "lora", log=_quiet)
+    assert len(calls) == 3  # only the missing trial ran
+    trials = content["study"]["trials"]
+    assert [(t["number"], t["params"], t["values"]) for t in trials[:2]] == [
+        (n, prm, list(v)) for n, prm, v in kept
+    ]
+    assert len(trials) == 3
+
+    tune(project, "toy", "lora", log=_quiet)
+    assert len(calls) == 3  # a finished study runs nothing
+
+
+def test_changed_settings_get_their_own_study(project):
+    base = study_name("toy", "lora", settings(project, "toy", "lora"))
+    assert base.startswith("toy/lora@")
+    more_trials = dataclasses.replace(project, tune=dataclasses.replace(project.tune, n_trials=9))
+    assert study_name("toy", "lora", settings(more_trials, "toy", "lora")) == base
+    longer = dataclasses.replace(project, train=dataclasses.replace(project.train, epochs=5))
+    assert study_name("toy", "lora", settings(longer, "toy", "lora")) != base
+
+
+def test_nothing_to_tune(project):
+    content = tune(project, "toy", "zero_shot", log=_quiet)
+    assert content["tuned"] is False and content["params"] == {}
+    hp, _ = resolve_train_params(project.train, paths.tuned("toy", "zero_shot"))
+    assert hp == project.train
+    content = tune(project, "toy", "mlp", log=_quiet)  # no space for mlp in this project
+    assert content["tuned"] is False and "no entry for mlp" in content["reason"]
+
+
+def test_multi_objective_records_a_true_pareto_front(project):
+    tp = dataclasses.replace(project.tune, multi_objective=True, n_trials=3, max_cost=0.05)
+    content = tune(dataclasses.replace(project, tune=tp), "toy", "lora", log=_quiet)
+    key = tp.fairness_key
+    done = [t for t in content["study"]["trials"] if t["state"] == "complete"]
+    front = content["multi_objective"]["pareto_front"]
+    in_front = {f["trial"] for f in front}
+
+    def dominates(a, b):
+        return (a[0] >= b[0] and a[1] <= b[1]) and (a[0] > b[0] or a[1] < b[1])
+
+    # Hand check: a trial is on the front exactly when no other trial dominates it.
+    for t in done:
+        dominated = any(dominates(o["values"], t["values"]) for o in done if o is not t)
+        assert (t["number"] in in_front) == (not dominated)
+    chosen = next(f for f in front if f["trial"] == content["best_trial"])
+    best_obj = max(f["macro_f1"] for f in front)
+    eligible = [f for f in front if f["macro_f1"] >= best_obj - 0.05]
+    assert chosen[key] == min(f[key] for f in eligible)
+    assert content["best_fairness_gap"] == chosen[key]
