@@ -61,5 +61,6 @@ def test_encode_cache_restores_mode_and_rejects_unknown_ids(cache):
 
 
 def test_encode_cache_empty(cache):
-    out = encode_cache(create("toy"), cache, [])
-    assert out.shape == (0, 32)
+    model = create("toy")
+    out = encode_cache(model, cache, [])
+    assert out.shape == (0, model.spec.embed_dim)
