@@ -501,8 +501,12 @@ def prepare_run_dir(project: Path, out_dir: Path, params_text: str) -> Path:
     (out_dir / "mlruns").mkdir(exist_ok=True)
     if not (out_dir / ".dvc").is_dir():
         # A DVC repository without git: the run folder is its own DVC root even inside a git
-        # checkout (checked in the tests); analytics off as in the project's own .dvc/config.
-        for cmd in (["init", "--no-scm", "-q"], ["config", "core.analytics", "false"]):
+        # checkout (checked in the tests). No analytics and no update check: runs are offline.
+        for cmd in (
+            ["init", "--no-scm", "-q"],
+            ["config", "core.analytics", "false"],
+            ["config", "core.check_update", "false"],
+        ):
             res = subprocess.run(
                 [dvc_executable(), *cmd], cwd=out_dir, env=run_env(), capture_output=True, text=True
             )
