@@ -155,8 +155,12 @@ def test_docs_mount_the_folders_the_image_expects():
     assert re.search(r"-v [^ ]+:/data/nih:ro", doc)
     assert re.search(r"-v [^ ]+:/weights:ro", doc)
     assert re.search(r"-v [^ ]+:/out\b", doc)
-    assert re.search(r"docker run --gpus all .*IMAGE[^\n]* reproduce", doc.replace("\\\n", " "))
-    assert re.search(r"docker run [^\n]*demo", doc)
+    one_line = re.sub(r"\\\n\s*", " ", doc)  # join shell line continuations
+    assert re.search(r"docker build [^\n]*-t fairxray \.", one_line)
+    assert re.search(
+        r"docker run --gpus all [^\n]*:/data/nih:ro [^\n]* fairxray reproduce\n", one_line
+    )
+    assert re.search(r"docker run [^\n]*:/out fairxray demo\n", one_line)
 
 
 def test_hadolint_is_clean():
