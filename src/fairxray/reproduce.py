@@ -20,6 +20,7 @@ import functools
 import gzip
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -468,16 +469,50 @@ def dvc_executable() -> str:
     return str(here) if here.exists() else "dvc"
 
 
-def run_env() -> dict[str, str]:
+ENV_GIT_SHA = "FAIRXRAY_GIT_SHA"  # the commit a run folder's code came from (it has no .git)
+
+
+def project_commit(project: Path) -> str | None:
+    """``git rev-parse HEAD`` of the project (``-dirty`` when tracked files are modified), or
+    ``$FAIRXRAY_GIT_SHA`` (set in the Docker image at build time), or None."""
+
+    def git(*args: str) -> str | None:
+        try:
+            res = subprocess.run(
+                ["git", *args], cwd=project, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    if head:
+        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    given = os.environ.get(ENV_GIT_SHA, "")
+    return given if given and given != "unknown" else None
+
+
+def run_env(commit: str | None = None) -> dict[str, str]:
     """The environment of ``dvc repro``: this interpreter's scripts first on PATH (dvc.yaml runs
-    ``fairxray ...``), hubs offline, no telemetry."""
+    ``fairxray ...``), hubs offline, no telemetry, and the project's commit for run tags."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    if commit:
+        env[ENV_GIT_SHA] = commit
     return env
+
+
+def write_run_record(run_dir: Path, record: Mapping[str, Any]) -> Path:
+    """``<run_dir>/run.json``: what was checked and with which code, written atomically."""
+    path = run_dir / "run.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def prepare_run_dir(project: Path, out_dir: Path, params_text: str) -> Path:
@@ -517,10 +552,10 @@ def prepare_run_dir(project: Path, out_dir: Path, params_text: str) -> Path:
     return out_dir
 
 
-def run_pipeline(run_dir: Path, dvc_args: Iterable[str] = ()) -> int:
+def run_pipeline(run_dir: Path, commit: str | None = None, dvc_args: Iterable[str] = ()) -> int:
     """``dvc repro`` in ``run_dir``; its output streams to the terminal; returns its exit code."""
     cmd = [dvc_executable(), "repro", *dvc_args]
-    return subprocess.run(cmd, cwd=run_dir, env=run_env()).returncode
+    return subprocess.run(cmd, cwd=run_dir, env=run_env(commit)).returncode
 
 
 def summary(run_dir: Path) -> list[str]:
@@ -535,5 +570,6 @@ def summary(run_dir: Path) -> list[str]:
             "mlruns",
         ),
         ("pipeline state (dvc.lock; rerun to resume)", "dvc.lock"),
+        ("preflight record and code commit", "run.json"),
     ]
     return [f"  {what}: {run_dir / rel}" for what, rel in where if (run_dir / rel).exists()]

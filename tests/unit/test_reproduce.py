@@ -427,3 +427,27 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capfd):
     second = capfd.readouterr()
     for protocol in protocols:
         assert f"'prepare@{protocol}' didn't change, skipping" in second.out + second.err
+
+
+def test_project_commit_from_git_or_the_image_build_arg(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "f.txt").write_text("1")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for cmd in (["init", "-q"], ["add", "f.txt"], ["commit", "-qm", "c"]):
+        subprocess.run([*git, *cmd], cwd=repo, check=True, capture_output=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert r.project_commit(repo) == head
+    (repo / "f.txt").write_text("2")
+    assert r.project_commit(repo) == head + "-dirty"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.setenv(r.ENV_GIT_SHA, "abc123")
+    assert r.project_commit(plain) == "abc123"
+    assert r.run_env("abc123")[r.ENV_GIT_SHA] == "abc123"
+    monkeypatch.setenv(r.ENV_GIT_SHA, "unknown")  # the Dockerfile's default build arg
+    assert r.project_commit(plain) is None
+    path = r.write_run_record(plain, {"commit": None, "images_dir": plain})
+    assert json.loads(path.read_text()) == {"commit": None, "images_dir": str(plain)}

@@ -47,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     text, _ = r.profiled_params(project, Path(args.params), "demo", parse_sets(args.set))
     r.require_ok(r.check_out(out_dir), "demo")
     run_dir = r.prepare_run_dir(project, out_dir, text)
+    commit = r.project_commit(project)
+    r.write_run_record(run_dir, {"command": "demo", "profile": "demo", "commit": commit})
     print(f"demo: {DEMO_BANNER}; running dvc repro in {run_dir}")
-    rc = r.run_pipeline(run_dir)
+    rc = r.run_pipeline(run_dir, commit)
     if rc != 0:
         print(f"demo: dvc repro failed (exit {rc}); rerun to resume")
         return rc

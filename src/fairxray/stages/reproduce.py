@@ -134,8 +134,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     assert out_dir is not None  # the preflight reports a missing --out
     run_dir = r.prepare_run_dir(project, out_dir, text)
+    commit = r.project_commit(project)
+    r.write_run_record(
+        run_dir,
+        {
+            "command": "reproduce",
+            "profile": args.profile,
+            "commit": commit,
+            "images_dir": images_dir,
+            "weights_dir": weights_dir,
+            "metadata": metadata,
+            "checked": result.checked,
+            "warnings": result.warnings,
+        },
+    )
     print(f"reproduce: profile {args.profile} in {run_dir}; running dvc repro")
-    rc = r.run_pipeline(run_dir)
+    rc = r.run_pipeline(run_dir, commit)
     if rc != 0:
         print(f"reproduce: dvc repro failed (exit {rc}); fix the cause and rerun to resume")
         return rc
