@@ -1,0 +1,163 @@
+"""MLflow tracking on a tiny project: tune's nested trial runs, track's seed runs (every metric of
+metrics.json, resolved params, tags, artifacts), the ONNX model in the registry under the alias
+``best`` and loadable from it, and a rerun that supersedes the earlier runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from fairxray import paths
+from fairxray.config import load_params
+from fairxray.tracking import (
+    CURRENT,
+    KIND,
+    TrialLogger,
+    client,
+    metric_key,
+    registered_name,
+    track,
+    tracked_file,
+)
+
+
+def test_metric_keys_are_valid_mlflow_names():
+    from mlflow.utils.validation import validate_param_and_metric_name
+
+    for key in ("f1_gap/age_group&sex/standard", "n/age_group&sex/0-59&F", "f1/Effusion", "a|b"):
+        assert validate_param_and_metric_name(metric_key(key))
+    assert metric_key("f1_gap/age_group&sex/standard") == "f1_gap/age_group_x_sex/standard"
+    assert metric_key("accuracy/ci_low") == "accuracy/ci_low"
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """tune (2 trials, logged), train, evaluate, export and track of toy x lora."""
+    from _trainkit import write_project
+
+    from fairxray.export import export
+    from fairxray.stages import evaluate
+    from fairxray.stages.train import train
+    from fairxray.tune import tune
+
+    root = tmp_path_factory.mktemp("tracking")
+    path = write_project(root, train_overrides={"epochs": 2})
+    raw = yaml.safe_load(path.read_text())
+    # No intervals: keeps it fast and exercises null (NaN) metrics.
+    raw["metrics"]["n_boot"] = 0
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        p = load_params(path)
+        tp = dataclasses.replace(
+            p.tune,
+            n_trials=2,
+            space={"lora": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}},
+        )
+        p = dataclasses.replace(p, tune=tp)
+        quiet = lambda _m: None  # noqa: E731
+        tuned = tune(p, "toy", "lora", callbacks=[TrialLogger(uri, p, "toy", "lora")], log=quiet)
+        train(p, "toy", "lora", list(p.seeds), log=quiet)
+        assert evaluate.main(["--model", "toy", "--method", "lora", "--params", str(path)]) == 0
+        export(p, "toy", "lora", log=quiet)
+        first = track(p, "toy", "lora", tracking_uri=uri, log=quiet)
+    finally:
+        os.chdir(old)
+    return {"root": root, "p": p, "uri": uri, "tuned": tuned, "first": first}
+
+
+@pytest.fixture
+def ctx(logged, monkeypatch):
+    monkeypatch.chdir(logged["root"])
+    return {**logged, "cl": client(logged["uri"])}
+
+
+def test_trials_are_nested_under_the_pair_run(ctx):
+    cl, first = ctx["cl"], ctx["first"]
+    exp = first["experiment_id"]
+    trials = cl.search_runs([exp], f"tags.`{KIND}` = 'trial'")
+    by_number = {int(r.data.tags["fairxray.trial"]): r for r in trials}
+    recorded = ctx["tuned"]["study"]["trials"]
+    assert sorted(by_number) == [t["number"] for t in recorded]
+    for t in recorded:
+        run = by_number[t["number"]]
+        assert run.data.tags["mlflow.parentRunId"] == first["parent_run_id"]
+        assert run.data.tags["fairxray.study"] == ctx["tuned"]["study"]["name"]
+        assert run.data.params == {k: str(v) for k, v in t["params"].items()}
+        assert run.data.metrics["val/macro_f1"] == pytest.approx(t["values"][0])
+    pairs = cl.search_runs([exp], f"tags.`{KIND}` = 'pair'")
+    assert [r.info.run_id for r in pairs] == [first["parent_run_id"]]  # tune and track share it
+
+
+def test_seed_run_has_every_metric_params_tags_and_artifacts(ctx):
+    cl, p, first = ctx["cl"], ctx["p"], ctx["first"]
+    seed = p.seeds[0]
+    run = cl.get_run(first["seed_runs"][str(seed)])
+    metrics = json.loads((paths.metrics_dir("toy", "lora", seed) / "metrics.json").read_text())
+    assert len(metrics) > 50
+    for k, v in metrics.items():
+        got = run.data.metrics[metric_key(k)]
+        assert math.isnan(got) if v is None else got == pytest.approx(v), k
+    cfg = yaml.safe_load((paths.seed_dir("toy", "lora", seed) / "config.yaml").read_text())
+    assert run.data.params["train.lr"] == str(cfg["train"]["lr"])
+    assert run.data.params["train.augment.flip_p"] == str(cfg["train"]["augment"]["flip_p"])
+    assert run.data.params["hyperparameters_from"] == str(paths.tuned("toy", "lora"))
+    manifest = paths.splits(p.data.protocol) / "manifest.json"
+    tags = run.data.tags
+    assert (
+        tags["fairxray.data_manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    )
+    assert tags["fairxray.profile"] == p.profile and tags["fairxray.protocol"] == p.data.protocol
+    assert tags["fairxray.dvc_stage"] == "train" and "fairxray.git_commit" in tags
+    assert tags["mlflow.parentRunId"] == first["parent_run_id"]
+    files = {
+        a.path
+        for folder in ("evaluate", "predictions", "model")
+        for a in cl.list_artifacts(run.info.run_id, folder)
+    }
+    assert {"evaluate/by_group.csv", "evaluate/metrics.json", "predictions/test.parquet"} <= files
+    assert "model/onnx.json" in files and any(f.endswith(".png") for f in files)
+
+
+def test_registered_onnx_model_loads_and_predicts_like_the_export(ctx):
+    import mlflow
+    import onnx
+
+    from fairxray.export import ort_probs
+
+    p, first = ctx["p"], ctx["first"]
+    name = registered_name(p.mlflow.experiment, "toy", "lora")
+    version = ctx["cl"].get_model_version_by_alias(name, "best")
+    assert version.run_id == first["seed_runs"][str(p.seeds[0])]
+    info = mlflow.models.get_model_info(f"models:/{name}@best")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, 32, 32]
+    loaded = mlflow.onnx.load_model(f"models:/{name}@best")
+    tmp = ctx["root"] / "registered.onnx"
+    onnx.save(loaded, str(tmp))
+    x = np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(ort_probs(tmp, x), ort_probs(paths.onnx("toy", "lora"), x))
+
+
+def test_rerun_supersedes_seed_runs_and_adds_a_version(ctx):
+    p, first, cl = ctx["p"], ctx["first"], ctx["cl"]
+    second = track(p, "toy", "lora", tracking_uri=ctx["uri"], log=lambda _m: None)
+    assert second["parent_run_id"] == first["parent_run_id"]
+    old, new = first["seed_runs"][str(p.seeds[0])], second["seed_runs"][str(p.seeds[0])]
+    assert old != new
+    assert cl.get_run(old).data.tags[CURRENT] == "false"
+    assert cl.get_run(new).data.tags[CURRENT] == "true"
+    name = registered_name(p.mlflow.experiment, "toy", "lora")
+    assert cl.get_model_version_by_alias(name, "best").run_id == new
+    assert (
+        int(second["registered_model"]["version"]) == int(first["registered_model"]["version"]) + 1
+    )
+    assert json.loads(tracked_file("toy", "lora").read_text()) == second
