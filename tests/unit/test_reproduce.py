@@ -451,3 +451,41 @@ def test_project_commit_from_git_or_the_image_build_arg(tmp_path, monkeypatch):
     assert r.project_commit(plain) is None
     path = r.write_run_record(plain, {"commit": None, "images_dir": plain})
     assert json.loads(path.read_text()) == {"commit": None, "images_dir": str(plain)}
+
+
+@pytest.mark.slow
+def test_reproduce_runs_the_paper_profile_on_fake_nih_and_toy_weights(
+    needed, tmp_path, monkeypatch, capfd
+):
+    """The whole `reproduce` path on CPU: fake NIH PNGs, the toy model's weights, small settings."""
+    import numpy as np
+    from PIL import Image
+
+    from fairxray.models.toy import save_toy
+
+    rng = np.random.default_rng(0)
+    nih_dir = tmp_path / "nih"
+    for i, image_id in enumerate(sorted(set().union(*needed.values()))):
+        folder = nih_dir / f"images_{1 + i % 2:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / image_id)
+    (nih_dir / r.METADATA_NAME).write_bytes(_bundled_table())
+    save_toy(registry.create("toy"), tmp_path / "w" / "toy")
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "out"
+    argv = ["reproduce", "--images-dir", str(nih_dir), "--weights-dir", str(tmp_path / "w"),
+            "--out", str(out), "--allow-cpu", "--set", "models=[toy]",
+            "--set", "methods=[zero_shot, linear_probe]", "--set", "images.size=32",
+            "--set", "metrics.n_boot=10"]  # fmt: skip
+    assert cli.main(argv) == 0
+    text = capfd.readouterr().out
+    assert "preflight: every input checked" in text and "reproduce: finished" in text
+    params = yaml.safe_load((out / "params.yaml").read_text())
+    assert params["profile"] == "paper" and params["data"]["images_dir"] == str(nih_dir)
+    for protocol in params["data"]["protocols"]:
+        cache = json.loads((out / "data" / "images" / protocol / "manifest.json").read_text())
+        assert cache["complete"] and cache["source"] == "nih"
+    # The report covers the grid the run was configured with (MLflow logging is a later stage).
+    assert "linear_probe" in (out / "reports" / "report.md").read_text()
+    assert (out / "mlruns").is_dir()
+    assert json.loads((out / "run.json").read_text())["command"] == "reproduce"
