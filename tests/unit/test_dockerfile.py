@@ -212,6 +212,7 @@ def test_dockerignore_keeps_what_the_image_needs_and_drops_local_state():
         ".dvc/cache/files/md5/ab/cd",
         "src/fairxray/__pycache__/cli.cpython-311.pyc",
         "dvc.lock",
+        "tracked/toy/run.json",
         "weights/clip-vit-b16/ViT-B-16.pt",
     ]
     for path in dropped:
