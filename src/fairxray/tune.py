@@ -188,12 +188,23 @@ def make_storage(url: str):
     if url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///") :])
         db.parent.mkdir(parents=True, exist_ok=True)
-    # Heartbeats let the next worker mark a killed worker's RUNNING trial as failed.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S
-        )
+    from sqlalchemy.exc import DBAPIError
+
+    # Workers started together on an empty database race to create Optuna's tables (PostgreSQL:
+    # a duplicate-type error for the loser); a retry finds the tables made and goes on.
+    for attempt in range(5):
+        try:
+            # Heartbeats let the next worker mark a killed worker's RUNNING trial as failed.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S
+                )
+        except DBAPIError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 # -- settings hash ------------------------------------------------------------------------
