@@ -262,3 +262,55 @@ def test_multi_objective_records_a_true_pareto_front(project):
     eligible = [f for f in front if f["macro_f1"] >= best_obj - 0.05]
     assert chosen[key] == min(f[key] for f in eligible)
     assert content["best_fairness_gap"] == chosen[key]
+
+
+@pytest.mark.slow
+def test_killed_tune_process_resumes(tmp_path):
+    """SIGKILL a `fairxray tune` process after its first finished trial (as killing `dvc repro`
+    does); a rerun keeps the finished trials and runs only the rest."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from _trainkit import write_project
+
+    path = write_project(tmp_path, train_overrides={"epochs": 6})
+    raw = yaml.safe_load(path.read_text())
+    raw["tune"].update(n_trials=5, space={"lora": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}})
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cmd = [sys.executable, "-m", "fairxray.cli", "tune", "--model", "toy", "--method", "lora"]
+    cmd += ["--no-mlflow", "--params", str(path)]
+    db = tmp_path / "studies" / "optuna.db"
+
+    def finished() -> list[tuple]:
+        with sqlite3.connect(db) as con:
+            return con.execute(
+                "SELECT number, state FROM trials WHERE state IN ('COMPLETE', 'PRUNED') ORDER BY number"
+            ).fetchall()
+
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                if finished():
+                    break
+            except sqlite3.OperationalError:  # tables not created yet
+                pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = finished()
+    assert 1 <= len(kept) < 5, "the process must die mid-study for this test to mean anything"
+    assert not (tmp_path / "tuned" / "toy" / "lora.yaml").exists()
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(kept)} finished trial(s) kept, {5 - len(kept)} to run" in rerun.stdout
+    after = finished()
+    assert len(after) == 5 and after[: len(kept)] == kept
+    tuned = yaml.safe_load((tmp_path / "tuned" / "toy" / "lora.yaml").read_text())
+    assert sum(tuned["study"]["counts"].get(s, 0) for s in ("complete", "pruned")) == 5
