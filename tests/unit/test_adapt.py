@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from _trainkit import N_CLASSES, fit_data, train_params
@@ -14,7 +15,7 @@ from fairxray import adapt
 from fairxray.adapt import heads
 from fairxray.adapt.lora import lora_gradient_problems, snapshot_lora, unchanged_lora
 from fairxray.errors import UserError
-from fairxray.models import create
+from fairxray.models import create, list_models
 from fairxray.train import fit
 
 METHODS = ["zero_shot", "linear_probe", "mlp", "lora", "full_ft"]
@@ -208,3 +209,33 @@ def test_full_ft_backbone_learning_rate():
     groups = module.param_groups(train_params(lr=1e-3, backbone_lr_scale=0.1))
     lrs = sorted(g["lr"] for g in groups)
     assert lrs == pytest.approx([1e-4, 1e-3])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_adapts(name):
+    """Every registered architecture (random weights): the declared LoRA targets exist, their
+    matrices are in the graph, and the trainable counts keep their order at the paper's sizes."""
+    hp = train_params(head_hidden=1024, lora_rank=16, lora_alpha=1.0)
+    counts = {
+        m: adapt.count_trainable(adapt.build(m, n_classes=N_CLASSES, hp=hp, model=create(name)))
+        for m in METHODS
+    }
+    assert 0 == counts["zero_shot"] < counts["linear_probe"] <= counts["mlp"]
+    assert counts["mlp"] < counts["lora"] < counts["full_ft"]
+    model = create(name)
+    module = adapt.build("lora", n_classes=N_CLASSES, hp=hp, model=model).train()
+    x = module.preprocess(torch.randint(0, 256, (2, 64, 64), dtype=torch.uint8))
+    nn.functional.cross_entropy(module(x), torch.tensor([0, 1])).backward()
+    assert lora_gradient_problems(module) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["lora", "full_ft"])
+def test_cuda_fit_bf16_channels_last(method):
+    data = fit_data(create("toy"), per_class=(4, 2, 1))
+    res = fit(method, data, train_params(epochs=3, device="cuda"), seed=0, model=create("toy"))
+    assert next(res.module.parameters()).is_cuda
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < losses[0]
+    np.testing.assert_allclose(res.val_probs.sum(1), 1.0, atol=1e-9)
