@@ -123,7 +123,7 @@ class TuneParams:
     A method without an entry (zero_shot) has nothing to tune."""
 
     n_trials: int  # finished (complete or pruned) trials per study; a rerun runs only the rest
-    seed: int  # TPE sampler seed; worker k of a shared study uses seed + k
+    seed: int  # TPE sampler seed (workers and resumed runs derive their own from it)
     startup_trials: int  # TPE: random trials before its model takes over
     pruner: str  # "median" | "none": stop a trial whose val score is below the median so far
     pruner_startup_trials: int  # finished trials before any trial may be pruned

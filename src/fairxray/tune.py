@@ -153,6 +153,15 @@ def suggest(trial, dims: Sequence[Dim]) -> dict[str, Any]:
     return out
 
 
+def sampler_seed(seed: int, worker: int, existing_trials: int) -> int:
+    """The TPE seed of one run: ``seed`` itself for worker 0 of a fresh study (reproducible),
+    a different stream per worker and per resume point otherwise. A resumed run seeded like the
+    first one would redraw the very points the study already holds."""
+    if worker == 0 and existing_trials == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, worker, existing_trials]).generate_state(1)[0])
+
+
 def objective_value(objective: str, labels: np.ndarray, probs: np.ndarray) -> float:
     """Higher is better, from validation probabilities: macro-F1, accuracy or the negated mean
     cross-entropy (-mean log p[true class]), as ``fairxray.train.selection_score`` defines them."""
@@ -350,6 +359,7 @@ def make_objective(
             trial.report(score, epoch)
             if trial.should_prune():
                 trial.set_user_attr("pruned_at_epoch", epoch)
+                log(f"trial {trial.number}: pruned after epoch {epoch} (val {score:.4f})")
                 raise optuna.TrialPruned(f"epoch {epoch}: val {hp.selection} {score:.4f}")
 
         t0 = time.perf_counter()
@@ -453,7 +463,10 @@ def summarise(study, p: Params, model: str, method: str, settings_: dict, url: s
         "storage": redact(url),
         "n_trials": tp.n_trials,
         "counts": {k: v for k, v in counts.items() if v},
-        "sampler": f"TPE (seed {tp.seed} + worker, {tp.startup_trials} random startup trials)",
+        "sampler": (
+            f"TPE seeded from tune.seed {tp.seed}, the worker and the trials already in the "
+            f"study; {tp.startup_trials} random startup trials"
+        ),
         "pruner": tp.pruner,
         "train_seed": p.seeds[0],
         "settings": {k: v for k, v in settings_.items() if k not in ("train", "space")},
@@ -521,9 +534,6 @@ def tune(
         st = settings(p, model, method)
         name = study_name(model, method, st)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.TPESampler(
-            seed=tp.seed + worker, n_startup_trials=tp.startup_trials
-        )
         pruner = (
             optuna.pruners.MedianPruner(
                 n_startup_trials=tp.pruner_startup_trials, n_warmup_steps=tp.pruner_warmup_epochs
@@ -534,12 +544,13 @@ def tune(
         directions = ["maximize", "minimize"] if tp.multi_objective else ["maximize"]
         study = optuna.create_study(
             storage=make_storage(url),
-            sampler=sampler,
             pruner=pruner,
             study_name=name,
             directions=directions,
             load_if_exists=True,
         )
+        seed = sampler_seed(tp.seed, worker, len(study.get_trials(deepcopy=False)))
+        study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=tp.startup_trials)
         if "settings" not in study.user_attrs:
             study.set_user_attr("settings", st)
         done = n_finished(study)

@@ -219,6 +219,8 @@ def test_interrupted_study_resumes_with_finished_trials(project, monkeypatch):
         (n, prm, list(v)) for n, prm, v in kept
     ]
     assert len(trials) == 3
+    # The resumed sampler does not redraw a point the study already holds.
+    assert trials[2]["params"] not in [t["params"] for t in trials[:2]]
 
     tune(project, "toy", "lora", log=_quiet)
     assert len(calls) == 3  # a finished study runs nothing

@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         "--worker",
         type=int,
         default=0,
-        help="worker number of a shared study: sampler seed = tune.seed + worker",
+        help="worker number in a shared study (each worker gets its own sampler seed)",
     )
     ap.add_argument("--n-trials", type=int, help="finished trials to reach (default tune.n_trials)")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default mlflow.tracking_uri)")
