@@ -24,14 +24,37 @@ from fairxray.config import AugmentParams
 DRAWS_PER_IMAGE = 5
 
 
-def augment(pixels: torch.Tensor, aug: AugmentParams, generator: torch.Generator) -> torch.Tensor:
-    """uint8 ``[B, H, W]`` -> augmented uint8 ``[B, H, W]`` on the same device."""
+def augment_draws(n: int, generator: torch.Generator) -> torch.Tensor:
+    """The random numbers of ``n`` images, ``[n, DRAWS_PER_IMAGE]`` uniform on CPU."""
+    return torch.rand(n, DRAWS_PER_IMAGE, generator=generator)
+
+
+def augment(
+    pixels: torch.Tensor,
+    aug: AugmentParams,
+    generator: torch.Generator | None = None,
+    *,
+    draws: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """uint8 ``[B, H, W]`` -> augmented uint8 ``[B, H, W]`` on the same device.
+
+    Randomness: ``draws`` (from :func:`augment_draws`, ideally already on the device: the
+    trainer moves a whole epoch's draws once, so no batch waits on a host-to-device copy), or
+    fresh draws from ``generator``."""
     if pixels.dtype != torch.uint8 or pixels.ndim != 3:
         raise ValueError(
             f"augment expects uint8 [B, H, W], got {pixels.dtype} {tuple(pixels.shape)}"
         )
     b = pixels.shape[0]
-    u = torch.rand(b, DRAWS_PER_IMAGE, generator=generator).to(pixels.device, non_blocking=True)
+    if draws is None:
+        if generator is None:
+            raise ValueError("augment needs a generator or draws")
+        draws = augment_draws(b, generator)
+    if draws.shape != (b, DRAWS_PER_IMAGE):
+        raise ValueError(
+            f"augment: draws must be [{b}, {DRAWS_PER_IMAGE}], got {tuple(draws.shape)}"
+        )
+    u = draws.to(pixels.device, non_blocking=True)
     if aug.flip_p <= 0 and aug.rotation_deg <= 0 and aug.jitter <= 0:
         return pixels
     x = pixels.float()

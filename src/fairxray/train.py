@@ -37,7 +37,7 @@ from torch import nn
 
 from fairxray import adapt
 from fairxray.adapt.lora import lora_gradient_problems, lora_parameters
-from fairxray.augment import augment
+from fairxray.augment import augment, augment_draws
 from fairxray.config import TrainParams
 from fairxray.errors import UserError
 
@@ -261,6 +261,12 @@ def _to_device_inputs(split: SplitInputs, inputs: str, device: torch.device) -> 
     return torch.from_numpy(np.array(px)).to(device)
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
 def _prepare(module: nn.Module, x: torch.Tensor, inputs: str, device: torch.device) -> torch.Tensor:
     if inputs == "images":
         x = module.preprocess(x)
@@ -396,13 +402,22 @@ def _fit(meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device) -> 
         module.train()
         t_start = time.perf_counter()
         total_loss, seen = torch.zeros((), device=device), 0
-        for idx in batches(
+        # The epoch's batch order and augmentation draws cross to the device once, so no batch
+        # waits on a host-to-device copy.
+        chunks = batches(
             epoch_order(y_train, data.n_classes, hp.class_balanced, gen), hp.batch_size
-        ):
-            idx_dev = idx.to(device, non_blocking=True)
+        )
+        order_dev = _to_device(torch.cat(chunks), device)
+        draws_dev = None
+        if meth.inputs == "images":
+            draws_dev = _to_device(augment_draws(len(order_dev), gen), device)
+        pos = 0
+        for idx in chunks:
+            idx_dev = order_dev[pos : pos + len(idx)]
             xb = x_train[idx_dev]
-            if meth.inputs == "images":
-                xb = augment(xb, hp.augment, gen)
+            if draws_dev is not None:
+                xb = augment(xb, hp.augment, draws=draws_dev[pos : pos + len(idx)])
+            pos += len(idx)
             xb = _prepare(module, xb, meth.inputs, device)
             yb = y_train_dev[idx_dev]
             with _autocast(device):

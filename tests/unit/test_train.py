@@ -294,3 +294,15 @@ def test_tuned_overrides(tmp_path):
     f.write_text("params:\n  scheduler: linear\n")
     with pytest.raises(UserError, match="train.scheduler"):
         resolve_train_params(base, f)
+
+
+def test_augment_with_precomputed_draws_equals_generator_path():
+    from fairxray.augment import augment_draws
+
+    x = _images(5)
+    aug = AugmentParams(flip_p=0.5, rotation_deg=10.0, jitter=0.2)
+    a = augment(x, aug, torch.Generator().manual_seed(4))
+    b = augment(x, aug, draws=augment_draws(len(x), torch.Generator().manual_seed(4)))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="draws must be"):
+        augment(x, aug, draws=torch.zeros(2, DRAWS_PER_IMAGE))
