@@ -126,6 +126,11 @@ def build_probs_model(model: str, method: str, seed: int, classes) -> tuple[nn.M
     elif cfg.get("inputs") == "embeddings":
         head, _ = load_trained(sdir, weights)
         clip = create(model, weights).eval()
+        if cfg.get("in_dim") != clip.spec.embed_dim:
+            raise UserError(
+                f"{sdir}: the head was trained on {cfg.get('in_dim')}-d embeddings but {model} "
+                f"now gives {clip.spec.embed_dim}-d ones; rerun `fairxray embed` and `train`"
+            )
         out = ProbsModel(clip.vision, head)
         info.update(preprocess=clip.preprocess, image=clip.spec.image)
     else:

@@ -12,10 +12,11 @@ machines share a study (each worker its own sampler seed). Counting: a study run
 
 Study name: ``<model>/<method>@<settings hash>``. The hash covers everything that makes a trial's
 value comparable (the base train params, the method's search space, the objective, the training
-seed, the data manifest); without it, changing ``train.epochs`` and rerunning would find the old
-study "finished" and hand back a best trial trained under other settings. Changing the settings
-back resumes the earlier study. ``n_trials``, the sampler seed and the pruner are left out: more
-trials extend a study, and a pruned trial is still a valid measurement.
+seed, the data manifest, the embeddings or the model's weights); without it, changing
+``train.epochs`` and rerunning would find the old study "finished" and hand back a best trial
+trained under other settings. Changing the settings back resumes the earlier study.
+``n_trials``, the sampler seed and the pruner are left out: more trials extend a study, and a
+pruned trial is still a valid measurement.
 """
 
 from __future__ import annotations
@@ -228,6 +229,37 @@ def manifest_sha256(protocol: str) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def inputs_sha256(p: Params, model: str, method: str) -> str | None:
+    """What a trial trains on, hashed: the cached train/val embeddings (embedding methods), or
+    the image cache's manifest plus the freshly built model's weights (image methods), so new
+    embeddings, a changed model or other pretrained weights start a new study."""
+    from fairxray import adapt
+
+    inputs = adapt.get_method(method).inputs
+    h = hashlib.sha256()
+    if inputs == "embeddings":
+        for split in ("train", "val"):
+            f = paths.embeddings(model) / f"{split}.npz"
+            if not f.exists():
+                raise UserError(f"{f}: missing; run `fairxray embed --model {model}`")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    elif inputs == "images":
+        from fairxray.models import create
+
+        man = paths.images(p.data.protocol) / "manifest.json"
+        if not man.exists():
+            raise UserError(f"{man}: missing; run `fairxray images --protocol {p.data.protocol}`")
+        h.update(man.read_bytes())
+        for k, v in create(model, p.data.weights_dir).state_dict().items():
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(v.detach().cpu().float().numpy()).tobytes())
+    else:
+        return None
+    return h.hexdigest()
+
+
 def settings(p: Params, model: str, method: str) -> dict:
     """What makes trials of a study comparable (hashed into the study name)."""
     tp = p.tune
@@ -236,6 +268,7 @@ def settings(p: Params, model: str, method: str) -> dict:
         "method": method,
         "protocol": p.data.protocol,
         "data_manifest_sha256": manifest_sha256(p.data.protocol),
+        "inputs_sha256": inputs_sha256(p, model, method),
         "weights_dir": p.data.weights_dir,
         "train": dataclasses.asdict(p.train),
         "space": tp.space.get(method) or {},

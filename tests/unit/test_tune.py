@@ -233,6 +233,22 @@ def test_changed_settings_get_their_own_study(project):
     assert study_name("toy", "lora", settings(more_trials, "toy", "lora")) == base
     longer = dataclasses.replace(project, train=dataclasses.replace(project.train, epochs=5))
     assert study_name("toy", "lora", settings(longer, "toy", "lora")) != base
+    # The same weights_dir with changed weights (one tensor nudged) -> another study.
+    import torch
+
+    from fairxray.models import create
+    from fairxray.models.toy import save_toy
+
+    with_weights = dataclasses.replace(
+        project, data=dataclasses.replace(project.data, weights_dir="weights")
+    )
+    toy = create("toy")
+    save_toy(toy, "weights/toy")
+    saved = study_name("toy", "lora", settings(with_weights, "toy", "lora"))
+    with torch.no_grad():
+        next(toy.vision.parameters()).add_(0.01)
+    save_toy(toy, "weights/toy")
+    assert study_name("toy", "lora", settings(with_weights, "toy", "lora")) != saved
 
 
 def test_nothing_to_tune(project):
