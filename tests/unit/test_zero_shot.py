@@ -52,7 +52,7 @@ def test_every_model_has_a_prompt_scheme_with_natural_names():
 def test_text_embeddings_average_normalised_prompt_embeddings():
     model = create("toy")
     emb = text_embeddings(model, ["Edema", "Effusion"])
-    assert emb.shape == (2, 32)
+    assert emb.shape == (2, model.spec.embed_dim)
     prompts = class_prompts(model.spec, ["Effusion"])["Effusion"]
     with torch.no_grad():
         each = torch.stack([model.encode_text([p])[0] for p in prompts])
