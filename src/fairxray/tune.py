@@ -118,7 +118,7 @@ def search_space(tp: TuneParams, method: str, src: str = "params.yaml") -> list[
 
 def check_tune_params(tp: TuneParams, src: str = "params.yaml") -> None:
     checks = [
-        (tp.n_trials >= 1, "n_trials", "must be at least 1"),
+        (tp.n_trials >= 0, "n_trials", "must be non-negative (0 turns tuning off)"),
         (tp.startup_trials >= 0, "startup_trials", "must be non-negative"),
         (tp.pruner in PRUNERS, "pruner", f"must be one of {PRUNERS}"),
         (tp.pruner_startup_trials >= 0, "pruner_startup_trials", "must be non-negative"),
@@ -557,6 +557,10 @@ def tune(
     out_path = paths.tuned(model, method)
     if meth.build is None:
         content = nothing_to_tune(model, method, f"{method} trains nothing: nothing to tune")
+    elif not (n_trials or tp.n_trials):
+        content = nothing_to_tune(
+            model, method, "tune.n_trials is 0 (tuning off): params.yaml's train values"
+        )
     elif not (dims := search_space(tp, method)):
         content = nothing_to_tune(
             model, method, f"tune.space has no entry for {method}: params.yaml's train values"

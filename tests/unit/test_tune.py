@@ -258,6 +258,12 @@ def test_nothing_to_tune(project):
     assert hp == project.train
     content = tune(project, "toy", "mlp", log=_quiet)  # no space for mlp in this project
     assert content["tuned"] is False and "no entry for mlp" in content["reason"]
+    # n_trials 0 turns tuning off (the paper profile: its fixed hyperparameters), no study made.
+    off = dataclasses.replace(project, tune=dataclasses.replace(project.tune, n_trials=0))
+    content = tune(off, "toy", "lora", log=_quiet)
+    assert content["tuned"] is False and "tuning off" in content["reason"]
+    hp, _ = resolve_train_params(project.train, paths.tuned("toy", "lora"))
+    assert hp == project.train
 
 
 def test_multi_objective_records_a_true_pareto_front(project):
