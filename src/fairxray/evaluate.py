@@ -346,7 +346,9 @@ def plot_group_f1(by_group: pd.DataFrame, path: Path, *, demo: bool) -> None:
         a = d[d["attribute"] == attr]
         v = a["value"].to_numpy(dtype=float)
         err = np.vstack([v - a["ci_low"].to_numpy(float), a["ci_high"].to_numpy(float) - v])
-        err = np.where(np.isfinite(err), err, 0)
+        # A percentile interval need not contain the point estimate (a skewed bootstrap): the bar
+        # then shows only the side that extends beyond it, since matplotlib rejects negative errors.
+        err = np.clip(np.where(np.isfinite(err), err, 0), 0, None)
         ax.bar(range(len(a)), np.nan_to_num(v), yerr=err, capsize=3, color="#4c78a8")
         ax.set_xticks(range(len(a)))
         ax.set_xticklabels(

@@ -116,7 +116,10 @@ def git_info(root: str | Path = ".") -> dict[str, str]:
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        return {"git_commit": "unknown (not a git checkout)"}
+        # Run folders made by `fairxray reproduce`/`demo` (and the Docker image) are not git
+        # checkouts; they pass the project's commit in FAIRXRAY_GIT_SHA.
+        env = os.environ.get("FAIRXRAY_GIT_SHA", "").strip()
+        return {"git_commit": env or "unknown (not a git checkout)"}
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
 

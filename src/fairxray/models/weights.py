@@ -63,9 +63,13 @@ def read_state_file(path: str | Path) -> dict:
     """A state dict (or upstream wrapper dict) from safetensors or a weights-only pickle."""
     path = Path(path)
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError with long text

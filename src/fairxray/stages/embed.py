@@ -75,10 +75,15 @@ def embed(
     from fairxray.data.cache import ImageCache
     from fairxray.embed import encode_cache
     from fairxray.models import create
+    from fairxray.models.registry import require_weights
     from fairxray.prepare import load_splits
     from fairxray.train import check_train_params, resolve_device
 
     check_train_params(p.train)
+    if p.data.weights_dir is not None or not p.is_demo:
+        # The first model stage of the grid: one error naming every model whose weights are
+        # missing or invalid (folder and download source), before any model is encoded.
+        require_weights(p.models, p.data.weights_dir)
     protocol = p.data.protocol
     frames = load_splits(protocol)
     ids_by_split = {s: list(dict.fromkeys(f["image_id"].astype(str))) for s, f in frames.items()}
