@@ -15,7 +15,6 @@ from fairxray.config import Params
 from fairxray.data import nih
 from fairxray.errors import UserError
 
-
 # The data params a protocol's splits depend on (dvc.yaml's `prepare` lists the same keys).
 SPLIT_PARAMS = (
     "metadata",
