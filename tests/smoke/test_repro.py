@@ -25,7 +25,9 @@ def _env() -> dict:
 
 def run(cmd: list[str], cwd: Path) -> str:
     res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=1500)
-    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    assert res.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    )
     return res.stdout + res.stderr
 
 
@@ -34,14 +36,22 @@ def demo_copy(tmp_path_factory) -> Path:
     """The tracked files of this checkout (plus uncommitted edits) in a fresh git repo."""
     dst = tmp_path_factory.mktemp("repo") / "fairxray"
     files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for f in files:
         src = REPO / f
         if src.is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / f)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
         subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
     return dst
 
@@ -51,14 +61,49 @@ def first_run(demo_copy) -> str:
     return run(["dvc", "repro"], demo_copy)
 
 
-def test_demo_repro_produces_splits_and_caches(demo_copy, first_run):
-    for protocol in ("nih6x200-paper", "nih6x200-clean"):
+def test_demo_repro_runs_the_whole_graph(demo_copy, first_run):
+    from fairxray.config import load_params
+
+    p = load_params(demo_copy / "params.yaml")
+    for protocol in p.data.protocols:
         man = json.loads((demo_copy / "data" / "splits" / protocol / "manifest.json").read_text())
         assert man["rows"]["test"] == 240
         cache = json.loads((demo_copy / "data" / "images" / protocol / "manifest.json").read_text())
         assert cache["complete"] and cache["source"] == "synthetic"
     paper = json.loads((demo_copy / "data/splits/nih6x200-paper/manifest.json").read_text())
     assert paper["leakage"]["shared_patients"]["train-test"] == 23
+    for model in p.models:
+        for method in p.methods:
+            assert (demo_copy / "tuned" / model / f"{method}.yaml").exists()
+            for seed in p.seeds:
+                for split in ("val", "test"):
+                    assert (
+                        demo_copy / f"predictions/{model}/{method}/seed{seed}/{split}.parquet"
+                    ).exists()
+                metrics = json.loads(
+                    (demo_copy / f"metrics/{model}/{method}/seed{seed}/metrics.json").read_text()
+                )
+                assert {
+                    "accuracy",
+                    "f1_gap/age_group/paper",
+                    "eq_odds/sex/paper",
+                    "ece_gap/age_group/binned",
+                } <= set(metrics)
+            parity = json.loads((demo_copy / f"models/{model}/{method}/onnx.json").read_text())
+            assert (demo_copy / f"models/{model}/{method}/model.onnx").exists()
+            assert parity["parity"]["passed"] and parity["parity"]["max_abs_diff"] <= p.export.atol
+            assert json.loads((demo_copy / f"tracked/{model}/{method}.json").read_text())
+    report = (demo_copy / "reports" / "report.html").read_text()
+    assert "DEMO" in report
+    assert (demo_copy / "mlruns" / "mlflow.db").exists()
+    assert (demo_copy / "studies" / "optuna.db").exists()
+
+
+def test_dvc_metrics_and_plots_show(demo_copy, first_run):
+    out = run(["dvc", "metrics", "show", "--json"], demo_copy)
+    assert "accuracy" in out
+    run(["dvc", "plots", "show", "--out", "plots-html"], demo_copy)
+    assert (demo_copy / "plots-html" / "index.html").exists()
 
 
 def test_second_repro_is_a_noop(demo_copy, first_run):
@@ -70,8 +115,9 @@ def test_second_repro_is_a_noop(demo_copy, first_run):
 def test_param_change_reruns_only_dependants(demo_copy, first_run):
     params = demo_copy / "params.yaml"
     raw = yaml.safe_load(params.read_text())
-    raw["images"]["synthetic"]["noise"] = 0.12
+    raw["metrics"]["ci_level"] = 0.9
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = run(["dvc", "repro"], demo_copy)
-    assert "Running stage 'images@nih6x200-clean'" in out
-    assert "Running stage 'prepare@" not in out
+    assert "Running stage 'evaluate@toy-mlp'" in out and "Running stage 'report'" in out
+    for upstream in ("prepare@", "images@", "embed@", "train@", "export@"):
+        assert f"Running stage '{upstream}" not in out, upstream
