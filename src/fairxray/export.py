@@ -22,7 +22,6 @@ fails the stage and writes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from torch import nn
 from fairxray import paths
 from fairxray.config import ExportParams, Params
 from fairxray.errors import UserError
+from fairxray.hashing import sha256_file
 
 FORMAT = 1
 INPUT = "image"
@@ -205,14 +205,6 @@ def ort_probs(path: Path, x: np.ndarray) -> np.ndarray:
     return sess.run([OUTPUT], {INPUT: x})[0]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _versions() -> dict:
     import onnx
     import onnxruntime
@@ -332,7 +324,7 @@ def export(p: Params, model: str, method: str, log: Callable[[str], None] = prin
             "passed": True,
         },
         "predictions_check": _predictions_check(model, method, seed, ids, ref, classes),
-        "onnx_sha256": _sha256(out),
+        "onnx_sha256": sha256_file(out),
         "onnx_bytes": out.stat().st_size,
         "versions": _versions(),
     }

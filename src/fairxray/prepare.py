@@ -14,6 +14,7 @@ from fairxray import paths
 from fairxray.config import Params
 from fairxray.data import nih
 from fairxray.errors import UserError
+from fairxray.hashing import sha256_file
 
 # The data params a protocol's splits depend on (dvc.yaml's `prepare` lists the same keys).
 SPLIT_PARAMS = (
@@ -71,7 +72,7 @@ def prepare(p: Params, protocol: str, out_dir: Path | None = None) -> dict:
     splits, extra = make_splits(p, protocol, meta)
     manifest = {
         "protocol": protocol,
-        "metadata": {"path": str(source), "sha256": nih.sha256_file(source), "rows": len(meta)},
+        "metadata": {"path": str(source), "sha256": sha256_file(source), "rows": len(meta)},
         "params": {k: v for k, v in dataclasses.asdict(p.data).items() if k in SPLIT_PARAMS},
         "age_groups": nih.age_group_labels(p.data.age_bins),
         "rows": {k: int(len(v)) for k, v in splits.items()},

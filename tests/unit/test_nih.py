@@ -13,6 +13,7 @@ from sklearn.model_selection import train_test_split
 from fairxray.config import load_params
 from fairxray.data import nih
 from fairxray.errors import UserError
+from fairxray.hashing import sha256_file
 from fairxray.prepare import design, prepare
 from fairxray.stages import prepare as prepare_stage
 
@@ -322,7 +323,7 @@ def test_prepare_writes_splits_and_manifest(tmp_path, monkeypatch):
     assert prepare_stage.main(["--protocol", "nih6x200-paper", "--params", str(params)]) == 0
     folder = tmp_path / "data" / "splits" / "nih6x200-paper"
     man = json.loads((folder / "manifest.json").read_text())
-    assert man["metadata"]["sha256"] == nih.sha256_file(nih.bundled_metadata())
+    assert man["metadata"]["sha256"] == sha256_file(nih.bundled_metadata())
     assert man["leakage"]["repeated_image_ids"] == 29
     assert man["rows"] == {"train": 840, "val": 120, "test": 240}
     assert sum(c["n"] for c in man["cells"] if c["split"] == "test") == 240

@@ -233,7 +233,10 @@ def test_load_weights_builds_each_model_strictly(tmp_path):
     assert not r.check_weights(["toy"], tmp_path / "bad", load=False).problems
     bad = r.check_weights(["toy"], tmp_path / "bad", load=True)
     assert len(bad.problems) == 1
-    assert bad.problems[0].startswith(f"{tmp_path / 'bad' / 'toy'}: weights for model 'toy'")
+    # The reader names the file and what is wrong with it.
+    assert bad.problems[0].startswith(
+        f"{tmp_path / 'bad' / 'toy' / 'model.safetensors'}: not a readable safetensors file"
+    )
 
 
 def test_out_folder_and_gpu(tmp_path):

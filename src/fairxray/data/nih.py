@@ -23,7 +23,6 @@ Protocols (``fairxray prepare --protocol NAME``):
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import re
 from collections.abc import Sequence
@@ -82,14 +81,6 @@ def bundled_metadata() -> Path:
 
 def metadata_path(configured: str | None) -> Path:
     return bundled_metadata() if configured is None else Path(configured)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class MetadataError(UserError):

@@ -7,7 +7,6 @@ checkpoint) is read silently; ``fairxray convert-gloria`` turns it into safetens
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -15,23 +14,8 @@ import torch
 from torch import nn
 
 from fairxray.errors import UserError
+from fairxray.hashing import sha256_file
 from fairxray.models.registry import ModelSpec, WeightsStatus
-
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file; memoised per (path, size, mtime) so repeated checks are free."""
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
 
 
 def check_files(spec: ModelSpec, folder: Path) -> WeightsStatus:
