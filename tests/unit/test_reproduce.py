@@ -418,7 +418,10 @@ def test_demo_needs_an_out_folder(monkeypatch, capsys):
 def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(REPO)
     out = tmp_path / "out"
-    assert cli.main(["demo", "--out", str(out)]) == 0
+    # A smaller grid than the default demo: the full demo graph is already covered by
+    # tests/smoke/test_repro.py; this test is about the run folder and resuming.
+    small = ["--set", "methods=[zero_shot, linear_probe]", "--set", "metrics.n_boot=10"]
+    assert cli.main(["demo", "--out", str(out), *small]) == 0
     assert "demo finished" in capfd.readouterr().out
     protocols = yaml.safe_load((out / "params.yaml").read_text())["data"]["protocols"]
     for protocol in protocols:
@@ -426,7 +429,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capfd):
         assert manifest["protocol"] == protocol
         cache = json.loads((out / "data" / "images" / protocol / "manifest.json").read_text())
         assert cache["complete"] and cache["source"] == "synthetic"
-    assert cli.main(["demo", "--out", str(out)]) == 0
+    assert cli.main(["demo", "--out", str(out), *small]) == 0
     second = capfd.readouterr()
     for protocol in protocols:
         assert f"'prepare@{protocol}' didn't change, skipping" in second.out + second.err
