@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
+import _browser
 import numpy as np
 import pandas as pd
 import pytest
@@ -144,43 +144,27 @@ def test_report_without_runs_is_a_user_error(tmp_path, monkeypatch, capsys):
     assert "run `fairxray evaluate` first" in capsys.readouterr().err
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-# Flags from stack-notes.md (headless, no sandbox as root, no network side traffic).
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=20000",
-    "--window-size=1400,900",
-]
-
-
-@pytest.mark.skipif(
-    _chromium() is None,
-    reason="no chromium binary on PATH (Debian: apt-get install -y chromium); CI installs it",
-)
+@pytest.mark.skipif(_browser.chromium() is None, reason=_browser.SKIP_REASON)
 def test_html_renders_in_headless_chromium(report_dir, tmp_path):
     from PIL import Image
 
     page = (report_dir / "report.html").resolve().as_uri()
-    base = [_chromium(), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(
-        [*base, "--dump-dom", page], capture_output=True, text=True, timeout=120, check=True
+        _browser.command(tmp_path / "profile", "--dump-dom", page),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     for anchor in ('id="table1"', 'id="table2"', 'id="paper-vs-here"', 'id="deviations"'):
         assert anchor in dom
     assert dom.count("<tr>") >= 4 and DEMO_BANNER in dom
     shot = tmp_path / "shot.png"
     subprocess.run(
-        [*base, f"--screenshot={shot}", page], capture_output=True, timeout=120, check=True
+        _browser.command(tmp_path / "profile", f"--screenshot={shot}", page),
+        capture_output=True,
+        timeout=120,
+        check=True,
     )
     img = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=float)
     assert img.shape[0] >= 800 and img.shape[1] >= 1300

@@ -4,7 +4,6 @@ and it lists the runs; stopping the command stops the server (no orphan process)
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -12,18 +11,12 @@ import sys
 import time
 import urllib.request
 
+import _browser
 import pytest
 
 from fairxray.tracking import client, experiment_id, pair_run
 
 pytestmark = pytest.mark.slow  # the server takes 10-20 s to start on 2 shared cores
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        if path := shutil.which(name):
-            return path
-    return None
 
 
 def _free_port() -> int:
@@ -47,9 +40,8 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 def test_ui_lists_the_runs(tmp_path, params, repo_root):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("no chromium binary on PATH (CI installs it: scripts/test.sh)")
+    if _browser.chromium() is None:
+        pytest.skip(_browser.SKIP_REASON)
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     cl = client(uri)
     exp = experiment_id(cl, params.mlflow.experiment, uri, params.profile)
@@ -80,22 +72,9 @@ def test_ui_lists_the_runs(tmp_path, params, repo_root):
         profile = tmp_path / "chromium-profile"
         profile.mkdir()
         dom = subprocess.run(
-            [
-                browser,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                "--virtual-time-budget=20000",
-                "--window-size=1400,900",
-                "--dump-dom",
-                f"http://127.0.0.1:{port}/#/experiments/{exp}/runs",
-            ],
+            _browser.command(
+                profile, "--dump-dom", f"http://127.0.0.1:{port}/#/experiments/{exp}/runs"
+            ),
             capture_output=True,
             text=True,
             timeout=120,
