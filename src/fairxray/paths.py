@@ -90,5 +90,8 @@ def metrics(model: str, method: str) -> Path:
     return METRICS / model / method
 
 
-def metrics_dir(model: str, method: str, seed: int) -> Path:
-    return metrics(model, method) / f"seed{seed}"
+def metrics_dir(model: str, method: str, seed: int, split: str = "test") -> Path:
+    """The test split's metrics are the `evaluate` stage's output (``metrics/``); another split's
+    go to ``metrics-<split>/`` so they never land inside (and disturb) a DVC output."""
+    root = METRICS if split == "test" else Path(f"{METRICS}-{split}")
+    return root / model / method / f"seed{seed}"

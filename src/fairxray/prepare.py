@@ -92,10 +92,30 @@ def prepare(p: Params, protocol: str, out_dir: Path | None = None) -> dict:
     return manifest
 
 
-def load_splits(protocol: str) -> dict[str, pd.DataFrame]:
+def load_splits(protocol: str, drop_skipped: bool = True) -> dict[str, pd.DataFrame]:
+    """The protocol's split frames. Rows whose image the `images` stage skipped
+    (``images.on_error: skip``: missing or corrupt file) are dropped here, once for every
+    downstream stage, with a warning naming how many; ``drop_skipped=False`` returns all rows."""
+    import json
+    import sys
+
     folder = paths.splits(protocol)
     if not (folder / "manifest.json").exists():
         raise UserError(
             f"{folder}: no splits for protocol '{protocol}'; run `fairxray prepare --protocol {protocol}`"
         )
-    return {s: pd.read_parquet(paths.split_file(protocol, s)) for s in paths.SPLITS}
+    frames = {s: pd.read_parquet(paths.split_file(protocol, s)) for s in paths.SPLITS}
+    cache_manifest = paths.images(protocol) / "manifest.json"
+    if drop_skipped and cache_manifest.exists():
+        skipped = {s["image_id"] for s in json.loads(cache_manifest.read_text()).get("skipped", [])}
+        if skipped:
+            for name, df in frames.items():
+                keep = ~df["image_id"].isin(skipped)
+                if not keep.all():
+                    print(
+                        f"warning: {protocol}/{name}: {int((~keep).sum())} row(s) dropped, their "
+                        f"images were skipped by `fairxray images` (see {cache_manifest})",
+                        file=sys.stderr,
+                    )
+                    frames[name] = df[keep].reset_index(drop=True)
+    return frames

@@ -32,12 +32,17 @@ def _yaml() -> YAML:
     return y
 
 
+# Mappings a profile replaces whole rather than key by key: a search space is one design, and a
+# half-merged one (paper learning rates with demo head widths) would search the wrong grid.
+REPLACED_WHOLE = ("tune.space",)
+
+
 def _merge(base: Any, overlay: dict, where: str = "") -> None:
     for key, value in overlay.items():
         here = f"{where}.{key}" if where else key
         if key not in base:
             raise UserError(f"profile sets '{here}', which params.yaml does not have")
-        if isinstance(value, dict) and isinstance(base[key], dict):
+        if isinstance(value, dict) and isinstance(base[key], dict) and here not in REPLACED_WHOLE:
             _merge(base[key], value, here)
         else:
             base[key] = value

@@ -48,6 +48,10 @@ CHECKPOINT_FORMAT = 1
 LAST = "last.pt"
 
 
+class DivergedError(UserError):
+    """A fit whose validation score was never finite: nothing to select."""
+
+
 @dataclass
 class SplitInputs:
     """One split as the trainer sees it: labels plus either cached features or uint8 pixels."""
@@ -497,6 +501,13 @@ def _fit(meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device) -> 
         if on_epoch is not None:
             on_epoch(epoch, score)
 
+    if best_epoch == 0:
+        # Every epoch's validation score was NaN (a diverged run: NaN loss or features); there is
+        # no epoch to select, and a tuning trial must fail rather than stop the study.
+        raise DivergedError(
+            f"{meth.name} seed {seed}: no finite validation {hp.selection} in any of "
+            f"{len(history)} epoch(s) (diverged? try a smaller train.lr)"
+        )
     if ckpt is not None:
         best_state = torch.load(
             ckpt / _best_name(best_epoch), map_location="cpu", weights_only=True

@@ -371,7 +371,7 @@ def make_objective(
 ):
     import optuna
 
-    from fairxray.train import check_train_params, fit
+    from fairxray.train import DivergedError, check_train_params, fit
 
     tp = p.tune
     seed = p.seeds[0]
@@ -397,7 +397,14 @@ def make_objective(
 
         t0 = time.perf_counter()
         model = data.new_model() if data.new_model is not None else None
-        result = fit(method, data.fit_data, hp, seed=seed, model=model, on_epoch=on_epoch)
+        try:
+            result = fit(method, data.fit_data, hp, seed=seed, model=model, on_epoch=on_epoch)
+        except DivergedError as exc:
+            # A diverged trial (no finite validation score) fails on its own; Optuna records a
+            # NaN objective as FAIL, which does not count toward n_trials and stops nothing else.
+            log(f"trial {trial.number}: failed: {exc}  {overrides}")
+            trial.set_user_attr("failed", str(exc))
+            return (math.nan, math.nan) if tp.multi_objective else math.nan
         if hp.selection == tp.objective:
             value = float(result.best_score)
         else:

@@ -280,3 +280,38 @@ def test_open_rejects_incomplete_cache(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(UserError, match="no complete image cache"):
         ImageCache.open(tmp_path / "c")
+
+
+def test_rows_of_skipped_images_are_dropped_downstream(tmp_path, nih_folder, monkeypatch, capsys):
+    from fairxray import paths
+    from fairxray.prepare import load_splits
+
+    root, ids = nih_folder
+    monkeypatch.chdir(tmp_path)
+    splits = {
+        "train": split_rows(ids[:4]),
+        "val": split_rows(ids[4:5]),
+        "test": split_rows(ids[5:] + ids[:1]),
+    }
+    folder = paths.splits("p")
+    folder.mkdir(parents=True)
+    for name, df in splits.items():
+        df.to_parquet(paths.split_file("p", name), index=False)
+    (folder / "manifest.json").write_text("{}")
+    images_mod.build_cache(
+        splits,
+        paths.images("p"),
+        paths.images_partial("p"),
+        params(on_error="skip"),
+        root,
+        6,
+        ["0-59", "60-99"],
+        False,
+    )
+    frames = load_splits("p")
+    assert list(frames["val"]["image_id"]) == [] and list(frames["test"]["image_id"]) == ids[:1]
+    assert "1 row(s) dropped" in capsys.readouterr().err
+    cache = ImageCache.open(paths.images("p"))
+    for df in frames.values():  # every remaining row has pixels
+        assert cache.present(df["image_id"]).all()
+    assert len(load_splits("p", drop_skipped=False)["test"]) == 2

@@ -51,3 +51,14 @@ def test_unknown_profile_and_key(work):
         apply_profile("fast", Path("params.yaml"))
     with pytest.raises(UserError, match="params.yaml has no key 'data.colour'"):
         apply_profile("demo", Path("params.yaml"), {"data.colour": 1})
+
+
+def test_a_profile_replaces_the_search_space_whole(work):
+    import yaml
+
+    (work / "nih").mkdir()
+    (work / "w").mkdir()
+    assert cli.main(["profile", "paper", "--images-dir", "nih", "--weights-dir", "w"]) == 0
+    want = yaml.safe_load((work / "profiles" / "paper.yaml").read_text())["tune"]["space"]
+    got = yaml.safe_load((work / "params.yaml").read_text())["tune"]["space"]
+    assert got == want  # no demo-sized head widths or LoRA ranks left behind

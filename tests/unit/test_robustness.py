@@ -54,3 +54,29 @@ def test_embed_names_every_model_missing_weights_at_once(tmp_path, params):
     msg = str(exc.value)
     assert "clip-vit-b16" in msg and "gloria" in msg and str(tmp_path) in msg
     assert "ViT-B-16.pt" in msg and "convert-gloria" in msg
+
+
+def test_a_fit_with_no_finite_validation_score_is_a_clear_error():
+    import dataclasses
+
+    import numpy as np
+    from _trainkit import fit_data, train_params
+
+    from fairxray.models import create
+    from fairxray.train import DivergedError, fit
+
+    data = fit_data(create("toy"), features=True)
+    nan = dataclasses.replace(data.val, features=np.full_like(data.val.features, np.nan))
+    data = dataclasses.replace(data, val=nan)
+    with pytest.raises(DivergedError, match="no finite validation neg_loss in any of 2 epoch"):
+        fit("linear_probe", data, train_params(epochs=2, selection="neg_loss"), seed=0)
+
+
+def test_validation_metrics_stay_outside_the_evaluate_output():
+    from fairxray import paths
+
+    test_dir = paths.metrics_dir("toy", "mlp", 77)
+    val_dir = paths.metrics_dir("toy", "mlp", 77, "val")
+    assert test_dir.parts[:3] == ("metrics", "toy", "mlp")
+    assert not val_dir.is_relative_to(paths.metrics("toy", "mlp"))
+    assert val_dir.parts[0] == "metrics-val"

@@ -71,9 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.split not in paths.SPLITS:
         raise UserError(f"evaluate: --split must be one of {', '.join(paths.SPLITS)}")
     for seed in p.seeds:
-        out = paths.metrics_dir(args.model, args.method, seed)
-        # The test split is the DVC output; another split goes beside it (seed<k>-val), never into it.
-        if args.split != "test":
-            out = out.with_name(f"{out.name}-{args.split}")
+        out = paths.metrics_dir(args.model, args.method, seed, args.split)
         run_one(paths.prediction_file(args.model, args.method, seed, args.split), out, s, profile)
     return 0

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     p = load_params(args.params)
-    splits = load_splits(args.protocol)
+    splits = load_splits(args.protocol, drop_skipped=False)
     images_dir = None if p.data.images_dir is None else Path(p.data.images_dir)
     manifest = build_cache(
         splits,
