@@ -24,6 +24,17 @@ from scipy import sparse
 
 from fairxray.fairness import Groups, bin_index
 
+# Per-group metrics reported in by_group.csv (evaluate's point estimates use the same list).
+GROUP_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "balanced_accuracy",
+    "auroc_macro",
+    "macro_f1_paper",
+    "ece_binned",
+    "ece_paper",
+)
+
 
 def patient_weights(patient_ids, n_boot: int, seed: int) -> np.ndarray:
     """``W[b, i]`` = how often row i's patient is drawn in replicate b (P patients drawn from P).
@@ -239,15 +250,7 @@ def replicate_metrics(
                 np.abs(s["ece_paper"][:, 1] - s["ece_paper"][:, 0]) if two else nan
             )
         for g, label in enumerate(gr.labels):
-            for k in (
-                "accuracy",
-                "macro_f1",
-                "balanced_accuracy",
-                "auroc_macro",
-                "macro_f1_paper",
-                "ece_binned",
-                "ece_paper",
-            ):
+            for k in GROUP_METRICS:
                 by_group[(k, attr, label)] = s[k][:, g]
             for c, name in enumerate(classes):
                 by_group[(f"f1/{name}", attr, label)] = s["f1"][:, g, c]

@@ -28,7 +28,11 @@ import pandas as pd
 
 from fairxray import DEMO_BANNER
 from fairxray import fairness as fm
-from fairxray.bootstrap import patient_weights, percentile_interval, replicate_metrics
+from fairxray.bootstrap import (
+    patient_weights,
+    percentile_interval,
+    replicate_metrics,
+)
 from fairxray.predictions import prob_columns, validate_predictions
 
 GAP_VARIANTS = {
@@ -36,15 +40,6 @@ GAP_VARIANTS = {
     "eq_odds": ("paper", "worst_case_max", "worst_case_mean"),
     "ece_gap": ("binned", "paper"),
 }
-GROUP_METRICS = (
-    "accuracy",
-    "macro_f1",
-    "balanced_accuracy",
-    "auroc_macro",
-    "macro_f1_paper",
-    "ece_binned",
-    "ece_paper",
-)
 
 
 @dataclass(frozen=True)

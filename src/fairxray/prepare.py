@@ -96,8 +96,9 @@ def load_splits(protocol: str, drop_skipped: bool = True) -> dict[str, pd.DataFr
     """The protocol's split frames. Rows whose image the `images` stage skipped
     (``images.on_error: skip``: missing or corrupt file) are dropped here, once for every
     downstream stage, with a warning naming how many; ``drop_skipped=False`` returns all rows."""
-    import json
     import sys
+
+    from fairxray.data.cache import read_skipped
 
     folder = paths.splits(protocol)
     if not (folder / "manifest.json").exists():
@@ -105,17 +106,14 @@ def load_splits(protocol: str, drop_skipped: bool = True) -> dict[str, pd.DataFr
             f"{folder}: no splits for protocol '{protocol}'; run `fairxray prepare --protocol {protocol}`"
         )
     frames = {s: pd.read_parquet(paths.split_file(protocol, s)) for s in paths.SPLITS}
-    cache_manifest = paths.images(protocol) / "manifest.json"
-    if drop_skipped and cache_manifest.exists():
-        skipped = {s["image_id"] for s in json.loads(cache_manifest.read_text()).get("skipped", [])}
-        if skipped:
-            for name, df in frames.items():
-                keep = ~df["image_id"].isin(skipped)
-                if not keep.all():
-                    print(
-                        f"warning: {protocol}/{name}: {int((~keep).sum())} row(s) dropped, their "
-                        f"images were skipped by `fairxray images` (see {cache_manifest})",
-                        file=sys.stderr,
-                    )
-                    frames[name] = df[keep].reset_index(drop=True)
+    skipped = read_skipped(paths.images(protocol)) if drop_skipped else set()
+    for name, df in frames.items():
+        keep = ~df["image_id"].isin(skipped)
+        if not keep.all():
+            print(
+                f"warning: {protocol}/{name}: {int((~keep).sum())} row(s) dropped, their images "
+                f"were skipped by `fairxray images` (see {paths.images(protocol)}/manifest.json)",
+                file=sys.stderr,
+            )
+            frames[name] = df[keep].reset_index(drop=True)
     return frames

@@ -27,6 +27,17 @@ INDEX = "index.parquet"
 MANIFEST = "manifest.json"
 
 
+def skipped_ids(manifest: dict) -> set[str]:
+    """The ids a cache manifest lists as skipped (missing or corrupt files)."""
+    return {s["image_id"] for s in manifest.get("skipped", [])}
+
+
+def read_skipped(path: str | Path) -> set[str]:
+    """Skipped ids of the cache in ``path`` without opening its pixels; empty if none is built."""
+    man = Path(path) / MANIFEST
+    return skipped_ids(json.loads(man.read_text())) if man.exists() else set()
+
+
 @dataclass
 class ImageCache:
     path: Path
@@ -63,7 +74,7 @@ class ImageCache:
     @property
     def skipped(self) -> set[str]:
         """Image ids left out under ``images.on_error: skip`` (missing or corrupt files)."""
-        return {s["image_id"] for s in self.manifest.get("skipped", [])}
+        return skipped_ids(self.manifest)
 
     def present(self, image_ids) -> np.ndarray:
         """Boolean mask: which ``image_ids`` have pixels (callers drop skipped images' rows)."""
