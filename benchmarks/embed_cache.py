@@ -1,7 +1,7 @@
 """Linear probe on cached embeddings against the same probe re-encoding the images every epoch.
 
-(a) cached: encode every train/val image once (``fairxray.embed.encode_cache``), then
-``fairxray.train.fit("linear_probe", ...)`` on the embeddings (what the `embed` + `train` stages do);
+(a) cached: encode every train/val image once (``fairxray.adapt.store.encode_cache``), then
+``fairxray.adapt.fit("linear_probe", ...)`` on the embeddings (what the `embed` + `train` stages do);
 (b) re-encoding, as the peers do: the same head, optimiser, schedule, batches and epochs, but every
 batch's pixels go through the frozen image tower again, and so does the validation split after
 every epoch. Both on synthetic demo images at ``--size`` px. Prints one JSON object; the number to
@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from fairxray import adapt
+from fairxray.adapt.fit import FitData, SplitInputs, batches, fit, resolve_device
+from fairxray.adapt.store import encode_cache
 from fairxray.config import load_params
 from fairxray.data import synthetic
 from fairxray.data.cache import ImageCache
-from fairxray.embed import encode_cache
 from fairxray.models import create
-from fairxray.train import FitData, SplitInputs, batches, fit, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 Builds the export's image -> probabilities module for a registry model at random init (``toy`` by
 default; e.g. ``--model clip-vit-b16`` for a real architecture, slower) with a linear head,
-exports it with ``fairxray.export.export_onnx``, checks parity, then times both runtimes on the
+exports it with ``fairxray.export.onnx.export_onnx``, checks parity, then times both runtimes on the
 same random batches with the same thread count. Prints one JSON object; the number to read is
 ``speedup`` per batch size (onnxruntime images/s over PyTorch images/s, measured in this run).
 
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fairxray.config import ExportParams  # noqa: E402
-from fairxray.export import ProbsModel, export_onnx  # noqa: E402
+from fairxray.export.onnx import ProbsModel, export_onnx  # noqa: E402
 from fairxray.models import create  # noqa: E402
 
 

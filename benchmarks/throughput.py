@@ -1,6 +1,6 @@
 """End-to-end training images/s of ``fit()`` against the model-bound images/s, for full_ft and lora.
 
-End to end: ``fairxray.train.fit`` on synthetic uint8 images held in memory (as the `train` stage
+End to end: ``fairxray.adapt.fit`` on synthetic uint8 images held in memory (as the `train` stage
 holds the image cache): batch gather, augmentation, the model's preprocessing, forward, backward,
 AdamW and scheduler steps; images/s from the per-epoch training time ``fit`` records, epoch 1
 left out as warm-up, validation not counted. Model-bound: the same module (same method, batch,
@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from fairxray import adapt
+from fairxray.adapt.fit import FitData, SplitInputs, fit, resolve_device
 from fairxray.config import load_params
 from fairxray.data import synthetic
 from fairxray.models import create
-from fairxray.train import FitData, SplitInputs, fit, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -88,7 +88,7 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Hyperparameters of ``fairxray.train.fit``; ``tuned/<model>/<method>.yaml`` overrides them.
+    """Hyperparameters of ``fairxray.adapt.fit``; ``tuned/<model>/<method>.yaml`` overrides them.
     The paper's released code: AdamW lr 1e-4, weight decay 1e-5, batch 64, 100 epochs,
     CosineAnnealingWarmRestarts(T_0=10) stepped per batch, seed 77, head width 1024, LoRA rank 16
     alpha 1 (ViT) / rank 4 (ResNet convs), selection on the lowest validation loss."""

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from fairxray.adapt.fit import FitData, SplitInputs
 from fairxray.config import PAPER_CLASSES, load_params
 from fairxray.data import synthetic
-from fairxray.train import FitData, SplitInputs
 
 REPO = Path(__file__).resolve().parents[2]
 PROTOCOL = "nih6x200-clean"

@@ -13,10 +13,10 @@ from torch import nn
 
 from fairxray import adapt
 from fairxray.adapt import heads
+from fairxray.adapt.fit import fit
 from fairxray.adapt.lora import lora_gradient_problems, snapshot_lora, unchanged_lora
 from fairxray.errors import UserError
 from fairxray.models import create, list_models
-from fairxray.train import fit
 
 METHODS = ["zero_shot", "linear_probe", "mlp", "lora", "full_ft"]
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fairxray import fairness as fm
-from fairxray.bootstrap import patient_weights, percentile_interval, replicate_metrics
-from fairxray.evaluate import Settings, evaluate_frame, point_metrics, prepare
+from fairxray.metrics import fairness as fm
+from fairxray.metrics.bootstrap import patient_weights, percentile_interval, replicate_metrics
+from fairxray.metrics.evaluate import Settings, evaluate_frame, point_metrics, prepare
 
 CLASSES = ("A", "B", "C", "D")
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+from fairxray.adapt.store import encode_cache
 from fairxray.data.cache import ImageCache
-from fairxray.embed import encode_cache
 from fairxray.errors import UserError
 from fairxray.models import create
 

@@ -13,14 +13,14 @@ import yaml
 from _trainkit import PROTOCOL, write_project
 
 from fairxray import paths
+from fairxray.adapt import store as embed_stage
+from fairxray.adapt.train import load_trained
 from fairxray.cli import main as cli
 from fairxray.config import load_params
 from fairxray.data.cache import ImageCache
 from fairxray.errors import UserError
+from fairxray.metrics.predictions import prob_columns, read_predictions
 from fairxray.models import create
-from fairxray.predictions import prob_columns, read_predictions
-from fairxray.stages import embed as embed_stage
-from fairxray.train import load_trained
 
 METHODS = ["zero_shot", "linear_probe", "mlp", "lora", "full_ft"]
 
@@ -106,7 +106,7 @@ def test_train_grid_writes_contract_predictions(project, capsys):
 
 
 def test_zero_shot_matches_the_zoo(project):
-    from fairxray import zero_shot
+    from fairxray.adapt import zero_shot
 
     assert cli(["train", "--model", "toy", "--method", "zero_shot", "--seeds", "3"]) == 0
     classes = list(project.data.classes)

@@ -14,8 +14,8 @@ import yaml
 from fairxray import DEMO_BANNER, cli, paths
 from fairxray.config import PAPER_CLASSES
 from fairxray.errors import UserError
-from fairxray.evaluate import Settings, evaluate_frame
-from fairxray.predictions import prob_columns, validate_predictions
+from fairxray.metrics.evaluate import Settings, evaluate_frame
+from fairxray.metrics.predictions import prob_columns, validate_predictions
 
 SENSITIVE = ("age_group", "sex")
 

@@ -17,8 +17,8 @@ import yaml
 from fairxray import paths
 from fairxray.config import load_params
 from fairxray.errors import UserError
-from fairxray.export import build_probs_model, choose_seed, export, merge_lora, ort_probs
-from fairxray.predictions import prob_columns
+from fairxray.export.onnx import build_probs_model, choose_seed, export, merge_lora, ort_probs
+from fairxray.metrics.predictions import prob_columns
 
 PARITY = 8
 
@@ -52,8 +52,8 @@ def trained(tmp_path_factory):
     """A tiny project with zero_shot, linear_probe and lora trained (CPU, seed 77)."""
     from _trainkit import write_project
 
-    from fairxray.stages.embed import embed
-    from fairxray.stages.train import train
+    from fairxray.adapt.store import embed
+    from fairxray.adapt.train import train
 
     root = tmp_path_factory.mktemp("export")
     path = write_project(root)
@@ -79,7 +79,7 @@ def project(trained, monkeypatch):
 
 def _val_pixels(p, start: int, stop: int):
     from fairxray.data.cache import ImageCache
-    from fairxray.prepare import load_splits
+    from fairxray.data.splits import load_splits
 
     val = load_splits(p.data.protocol)["val"]
     ids = list(dict.fromkeys(val["image_id"].astype(str)))[start:stop]
@@ -120,7 +120,7 @@ def test_export_matches_torch_and_train_predictions(project, method):
 
 
 def test_parity_failure_writes_nothing(project, monkeypatch):
-    import fairxray.export as ex
+    import fairxray.export.onnx as ex
 
     out = paths.onnx("toy", "lora")
     out.unlink(missing_ok=True)

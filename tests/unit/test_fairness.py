@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairxray import fairness as fm
+from fairxray.metrics import fairness as fm
 
 
 def _quiet(fn, *args, **kwargs):

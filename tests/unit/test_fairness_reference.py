@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-from fairxray import fairness as fm
+from fairxray.metrics import fairness as fm
 
 TOL = 1e-12
 

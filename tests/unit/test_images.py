@@ -284,7 +284,7 @@ def test_open_rejects_incomplete_cache(tmp_path):
 
 def test_rows_of_skipped_images_are_dropped_downstream(tmp_path, nih_folder, monkeypatch, capsys):
     from fairxray import paths
-    from fairxray.prepare import load_splits
+    from fairxray.data.splits import load_splits
 
     root, ids = nih_folder
     monkeypatch.chdir(tmp_path)

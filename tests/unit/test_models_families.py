@@ -326,7 +326,7 @@ def test_gloria_text_embedding_matches_upstream_word_aggregation():
 
 
 def test_convert_gloria_rejects_non_lightning(tmp_path):
-    from fairxray.stages.convert_gloria import convert
+    from fairxray.models.convert import convert
 
     torch.save({"weights": torch.zeros(2)}, tmp_path / "x.ckpt")
     with pytest.raises(UserError, match="no 'state_dict'"):
@@ -412,7 +412,7 @@ def _save_full_upstream(name: str, model, folder: Path) -> None:
     elif spec.family == "gloria":
         ckpt = folder.parent / "chexpert_resnet50.ckpt"
         _lightning_ckpt(model, ckpt)
-        from fairxray.stages.convert_gloria import convert
+        from fairxray.models.convert import convert
 
         convert(ckpt, folder / spec.weight_files[0])
     else:

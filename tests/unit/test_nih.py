@@ -12,9 +12,9 @@ from sklearn.model_selection import train_test_split
 
 from fairxray.config import load_params
 from fairxray.data import nih
+from fairxray.data.splits import design, prepare
 from fairxray.errors import UserError
 from fairxray.hashing import sha256_file
-from fairxray.prepare import design, prepare
 from fairxray.stages import prepare as prepare_stage
 
 REPO = Path(__file__).resolve().parents[2]

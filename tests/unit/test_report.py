@@ -16,8 +16,8 @@ import yaml
 
 from fairxray import DEMO_BANNER, cli, paths
 from fairxray.config import PAPER_CLASSES
-from fairxray.predictions import prob_columns
-from fairxray.report import DEMO_LABEL, seed_interval
+from fairxray.metrics.predictions import prob_columns
+from fairxray.report.build import DEMO_LABEL, seed_interval
 
 METHODS = ("linear_probe", "mlp")
 SEEDS = (1, 2)

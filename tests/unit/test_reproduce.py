@@ -130,7 +130,7 @@ def test_metadata_truncated_and_missing(tmp_path):
 
 
 def test_needed_ids_are_the_prepare_stage_splits(paper_params, needed, tmp_path):
-    from fairxray.prepare import prepare
+    from fairxray.data.splits import prepare
 
     assert set(needed) == set(paper_params.data.protocols)
     for protocol, ids in needed.items():
@@ -272,7 +272,7 @@ def test_good_fake_inputs_leave_only_the_hash_checked_weights(paper_params, need
 
 
 def test_cli_reports_every_missing_input_in_one_message(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(r, "cuda_device", lambda: None)
+    monkeypatch.setattr(r.checks, "cuda_device", lambda: None)
     monkeypatch.chdir(REPO)
     (tmp_path / "blocker").write_text("a file where the out folder's parent should be")
     (tmp_path / "nih").mkdir()
@@ -301,7 +301,7 @@ def test_cli_reports_every_missing_input_in_one_message(tmp_path, monkeypatch, c
 def test_cli_without_any_folder_still_lists_everything(tmp_path, monkeypatch, capsys):
     for var in (r.ENV_IMAGES_DIR, r.ENV_WEIGHTS_DIR, r.ENV_OUT, r.ENV_METADATA):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(r, "cuda_device", lambda: None)
+    monkeypatch.setattr(r.checks, "cuda_device", lambda: None)
     monkeypatch.chdir(REPO)
     assert cli.main(["reproduce", "--check-only"]) == 2
     err = capsys.readouterr().err
@@ -315,7 +315,7 @@ def test_cli_without_any_folder_still_lists_everything(tmp_path, monkeypatch, ca
 
 
 def test_cli_check_only_passes_on_good_inputs(paper_params, needed, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(r, "cuda_device", lambda: "Fake GPU")
+    monkeypatch.setattr(r.checks, "cuda_device", lambda: "Fake GPU")
     monkeypatch.chdir(REPO)
     nih_dir = _write_nih(tmp_path / "nih", set().union(*needed.values()))
     wdir = _write_weights(tmp_path / "w", ["toy"])
@@ -361,7 +361,7 @@ def test_prepare_run_dir_is_a_dvc_project_and_keeps_state_on_rerun(tmp_path):
     assert written["profile"] == "paper" and written["data"]["images_dir"] == str(tmp_path / "nih")
     assert written["models"] == list(PAPER_MODELS)
     assert (out / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
-    assert (out / "src" / "fairxray" / "reproduce.py").is_file()
+    assert (out / "src" / "fairxray" / "reproduce" / "run.py").is_file()
     assert not list(out.rglob("__pycache__"))
     config = (out / ".dvc" / "config").read_text()
     assert "no_scm = True" in config and "analytics = false" in config

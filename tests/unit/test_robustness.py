@@ -7,7 +7,7 @@ from fairxray.errors import UserError
 
 
 def test_group_f1_plot_accepts_an_interval_that_excludes_the_estimate(tmp_path):
-    from fairxray.evaluate import plot_group_f1
+    from fairxray.metrics.evaluate import plot_group_f1
 
     by_group = pd.DataFrame(
         {
@@ -25,7 +25,7 @@ def test_group_f1_plot_accepts_an_interval_that_excludes_the_estimate(tmp_path):
 
 
 def test_git_commit_falls_back_to_the_environment(tmp_path, monkeypatch):
-    from fairxray.tracking import git_info
+    from fairxray.track.runs import git_info
 
     monkeypatch.setenv("FAIRXRAY_GIT_SHA", "abc123")
     assert git_info(tmp_path)["git_commit"] == "abc123"
@@ -45,7 +45,7 @@ def test_corrupt_safetensors_is_a_user_error(tmp_path):
 def test_embed_names_every_model_missing_weights_at_once(tmp_path, params):
     import dataclasses
 
-    from fairxray.stages.embed import embed
+    from fairxray.adapt.store import embed
 
     data = dataclasses.replace(params.data, weights_dir=str(tmp_path))
     p = dataclasses.replace(params, data=data, models=("clip-vit-b16", "gloria"))
@@ -62,8 +62,8 @@ def test_a_fit_with_no_finite_validation_score_is_a_clear_error():
     import numpy as np
     from _trainkit import fit_data, train_params
 
+    from fairxray.adapt.fit import DivergedError, fit
     from fairxray.models import create
-    from fairxray.train import DivergedError, fit
 
     data = fit_data(create("toy"), features=True)
     nan = dataclasses.replace(data.val, features=np.full_like(data.val.features, np.nan))

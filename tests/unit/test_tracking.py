@@ -16,7 +16,7 @@ import yaml
 
 from fairxray import paths
 from fairxray.config import load_params
-from fairxray.tracking import (
+from fairxray.track.runs import (
     CURRENT,
     KIND,
     TrialLogger,
@@ -42,9 +42,9 @@ def logged(tmp_path_factory):
     """tune (2 trials, logged), train, evaluate, export and track of toy x lora."""
     from _trainkit import write_project
 
-    from fairxray.export import export
+    from fairxray.adapt.train import train
+    from fairxray.export.onnx import export
     from fairxray.stages import evaluate
-    from fairxray.stages.train import train
     from fairxray.tune import tune
 
     root = tmp_path_factory.mktemp("tracking")
@@ -132,7 +132,7 @@ def test_registered_onnx_model_loads_and_predicts_like_the_export(ctx):
     import mlflow
     import onnx
 
-    from fairxray.export import ort_probs
+    from fairxray.export.onnx import ort_probs
 
     p, first = ctx["p"], ctx["first"]
     name = registered_name(p.mlflow.experiment, "toy", "lora")

@@ -12,18 +12,13 @@ import torchvision.transforms.functional as TF
 from _trainkit import fit_data, train_params
 from torchvision.transforms import InterpolationMode
 
-from fairxray.augment import DRAWS_PER_IMAGE, augment, rotate
+from fairxray.adapt.augment import DRAWS_PER_IMAGE, augment, rotate
+from fairxray.adapt.fit import batches, epoch_order, fit, selection_score
+from fairxray.adapt.fit.checkpoint import LAST
+from fairxray.adapt.train import resolve_train_params
 from fairxray.config import AugmentParams, ConfigError
 from fairxray.errors import UserError
 from fairxray.models import create
-from fairxray.train import (
-    LAST,
-    batches,
-    epoch_order,
-    fit,
-    resolve_train_params,
-    selection_score,
-)
 
 NO_AUG = AugmentParams(flip_p=0.0, rotation_deg=0.0, jitter=0.0)
 
@@ -297,7 +292,7 @@ def test_tuned_overrides(tmp_path):
 
 
 def test_augment_with_precomputed_draws_equals_generator_path():
-    from fairxray.augment import augment_draws
+    from fairxray.adapt.augment import augment_draws
 
     x = _images(5)
     aug = AugmentParams(flip_p=0.5, rotation_deg=10.0, jitter=0.2)

@@ -12,9 +12,9 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 
 from fairxray import paths
+from fairxray.adapt.train import resolve_train_params
 from fairxray.config import load_params
 from fairxray.errors import UserError
-from fairxray.train import resolve_train_params
 from fairxray.tune import (
     apply_overrides,
     choose_pareto,
@@ -189,16 +189,16 @@ def test_study_writes_tuned_file_that_train_reads(project):
 def test_interrupted_study_resumes_with_finished_trials(project, monkeypatch):
     import optuna
 
-    import fairxray.train
+    import fairxray.adapt.fit as fitmod
 
     calls = []
-    real_fit = fairxray.train.fit
+    real_fit = fitmod.fit
 
     def counting_fit(*a, **k):
         calls.append(1)
         return real_fit(*a, **k)
 
-    monkeypatch.setattr(fairxray.train, "fit", counting_fit)
+    monkeypatch.setattr(fitmod, "fit", counting_fit)
 
     def interrupt_after_two(study, trial):
         if len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2:

@@ -14,7 +14,7 @@ import urllib.request
 import _browser
 import pytest
 
-from fairxray.tracking import client, experiment_id, pair_run
+from fairxray.track.runs import client, experiment_id, pair_run
 
 pytestmark = pytest.mark.slow  # the server takes 10-20 s to start on 2 shared cores
 

@@ -10,10 +10,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fairxray.config import PAPER_CLASSES
-from fairxray.data.cache import ImageCache
-from fairxray.models import create, get_spec, list_models
-from fairxray.zero_shot import (
+from fairxray.adapt.zero_shot import (
     PROMPT_SCHEMES,
     class_prompts,
     natural_name,
@@ -22,6 +19,9 @@ from fairxray.zero_shot import (
     text_embeddings,
     zero_shot_probs,
 )
+from fairxray.config import PAPER_CLASSES
+from fairxray.data.cache import ImageCache
+from fairxray.models import create, get_spec, list_models
 
 
 def make_cache(path, n=6, size=48) -> ImageCache:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairxray.models.preprocess import preprocess_pixels
-from fairxray.models.registry import ModelSpec
+from fairxray.models.spec import ModelSpec
 
 
 class ClipModel(nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fairxray.models.registry import ImageSpec
+from fairxray.models.spec import ImageSpec
 
 
 def _resize(x: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 
 from fairxray.errors import UserError
 from fairxray.hashing import sha256_file
-from fairxray.models.registry import ModelSpec, WeightsStatus
+from fairxray.models.spec import ModelSpec, WeightsStatus
 
 
 def check_files(spec: ModelSpec, folder: Path) -> WeightsStatus:

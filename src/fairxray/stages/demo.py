@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    from fairxray import reproduce as r
+    from fairxray.reproduce.checks import ENV_OUT
 
     ap = argparse.ArgumentParser(
         prog="fairxray demo",
@@ -19,8 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--out",
-        default=os.environ.get(r.ENV_OUT),
-        help=f"run folder; default: ${r.ENV_OUT} (the Docker image sets /out)",
+        default=os.environ.get(ENV_OUT),
+        help=f"run folder; default: ${ENV_OUT} (the Docker image sets /out)",
     )
     ap.add_argument(
         "--set",
@@ -35,25 +34,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from fairxray import DEMO_BANNER
-    from fairxray import reproduce as r
-    from fairxray.errors import UserError
-    from fairxray.stages.reproduce import parse_sets
+    from fairxray.reproduce.run import demo
 
-    if not args.out:
-        raise UserError(f"--out: not given (or set ${r.ENV_OUT})")
-    project = r.project_root(Path(args.params))
-    out_dir = Path(args.out).expanduser().resolve()
-    text, _ = r.profiled_params(project, Path(args.params), "demo", parse_sets(args.set))
-    r.require_ok(r.check_out(out_dir), "demo")
-    run_dir = r.prepare_run_dir(project, out_dir, text)
-    commit = r.project_commit(project)
-    r.write_run_record(run_dir, {"command": "demo", "profile": "demo", "commit": commit})
-    print(f"demo: {DEMO_BANNER}; running dvc repro in {run_dir}")
-    rc = r.run_pipeline(run_dir, commit)
-    if rc != 0:
-        print(f"demo: dvc repro failed (exit {rc}); rerun to resume")
-        return rc
-    print(f"demo finished ({DEMO_BANNER})")
-    print("\n".join(r.summary(run_dir)))
-    return 0
+    return demo(args.params, args.out, args.set)

@@ -6,42 +6,19 @@ import argparse
 from pathlib import Path
 
 from fairxray import paths
-from fairxray.config import Params, load_params
+from fairxray.config import load_params
 from fairxray.errors import UserError
-from fairxray.evaluate import Settings, evaluate_frame, write_evaluation
-from fairxray.predictions import read_predictions
+from fairxray.metrics.evaluate import evaluate_file, settings
 
 
-def settings(p: Params) -> Settings:
-    """``params.metrics`` plus the expected groups: every configured age bin, so an empty bin shows
-    up as an empty (NaN) group instead of disappearing."""
-    from fairxray.data.nih import age_group_labels
-
-    m = p.metrics
-    levels = {"age_group": age_group_labels(p.data.age_bins)} if "age_group" in m.sensitive else {}
-    return Settings(
-        classes=tuple(p.data.classes),
-        sensitive=tuple(m.sensitive),
-        n_boot=m.n_boot,
-        ci_level=m.ci_level,
-        ece_bins=m.ece_bins,
-        min_group_size=m.min_group_size,
-        seed=m.seed,
-        levels=levels,
-    )
-
-
-def run_one(pred: Path, out: Path, s: Settings, profile: str) -> Path:
-    df = read_predictions(pred, s.classes, s.sensitive)
-    ev = evaluate_frame(df, s, str(pred))
-    write_evaluation(ev, out, profile=profile)
+def _run_one(pred: Path, out: Path, s, profile: str) -> None:
+    ev = evaluate_file(pred, out, s, profile)
     m = ev.metrics
     print(
         f"evaluate {pred} -> {out}: accuracy {m['accuracy']:.3f} "
         f"[{m['accuracy/ci_low']:.3f}, {m['accuracy/ci_high']:.3f}], n {m['n/images']}, "
         f"{len(ev.warnings)} warning(s) in {out / 'evaluation.json'}"
     )
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.predictions is not None:
         if args.out is None or args.model or args.method:
             raise UserError("evaluate: give PREDICTIONS with --out DIR, or --model and --method")
-        run_one(args.predictions, args.out, s, profile)
+        _run_one(args.predictions, args.out, s, profile)
         return 0
     if not (args.model and args.method) or args.out is not None:
         raise UserError("evaluate: give PREDICTIONS with --out DIR, or --model and --method")
@@ -72,5 +49,5 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"evaluate: --split must be one of {', '.join(paths.SPLITS)}")
     for seed in p.seeds:
         out = paths.metrics_dir(args.model, args.method, seed, args.split)
-        run_one(paths.prediction_file(args.model, args.method, seed, args.split), out, s, profile)
+        _run_one(paths.prediction_file(args.model, args.method, seed, args.split), out, s, profile)
     return 0

@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fairxray.export import export
+    from fairxray.export.onnx import export
 
     args = _parser().parse_args(argv)
     p = load_params(args.params)

@@ -10,7 +10,7 @@ from fairxray import paths
 from fairxray.config import load_params
 from fairxray.data.images import build_cache
 from fairxray.data.nih import age_group_labels
-from fairxray.prepare import load_splits
+from fairxray.data.splits import load_splits
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,43 +16,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def inventory(weights_dir: str | None) -> list[dict]:
-    """One record per registered model, with the state of ``<weights_dir>/<model>/``."""
-    from fairxray.models import get_spec, list_models, weights_status
-
-    out = []
-    for name in list_models():
-        s = get_spec(name)
-        st = weights_status(name, weights_dir)
-        out.append(
-            {
-                "name": name,
-                "family": s.family,
-                "source": s.source,
-                "license": s.license,
-                "weight_files": list(s.weight_files),
-                "sha256_known": sorted(f for f, h in s.sha256.items() if h),
-                "folder": str(st.folder) if st.folder is not None else None,
-                "present": st.present,
-                "valid": st.valid,
-                "checked": st.checked,
-                "problems": st.problems,
-                "embed_dim": s.embed_dim,
-                "feature_dim": s.feature_dim,
-                "image_size": s.image.size,
-                "in_channels": s.image.in_channels,
-                "prompt_style": s.prompt_style,
-                "lora_targets": s.lora_targets
-                if isinstance(s.lora_targets, str)
-                else list(s.lora_targets),
-                "notes": s.notes,
-            }
-        )
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from fairxray.models.inventory import inventory
+
     p = load_params(args.params)
     weights_dir = args.weights_dir if args.weights_dir is not None else p.data.weights_dir
     rows = inventory(weights_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fairxray.config import load_params
-from fairxray.prepare import prepare
+from fairxray.data.splits import prepare
 
 
 def main(argv: list[str] | None = None) -> int:

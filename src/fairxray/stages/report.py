@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fairxray import paths
 from fairxray.config import load_params
-from fairxray.report import build_report
+from fairxray.report.build import build_report
 
 
 def main(argv: list[str] | None = None) -> int:

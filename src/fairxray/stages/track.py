@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fairxray.tracking import track
+    from fairxray.track.runs import track
 
     args = _parser().parse_args(argv)
     p = load_params(args.params)

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     callbacks = []
     trains = adapt.get_method(args.method).build is not None
     if trains and search_space(p.tune, args.method) and not args.no_mlflow:
-        from fairxray.tracking import TrialLogger
+        from fairxray.track.runs import TrialLogger
 
         uri = args.tracking_uri or p.mlflow.tracking_uri
         callbacks.append(TrialLogger(uri, p, args.model, args.method))

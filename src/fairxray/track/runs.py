@@ -127,7 +127,7 @@ def git_info(root: str | Path = ".") -> dict[str, str]:
 def common_tags(p: Params, model: str, method: str, stage: str) -> dict[str, str]:
     """Tags of every run: git commit (also MLflow's own source tag), the DVC stage, profile,
     protocol and the data manifest's hash."""
-    from fairxray.tune import manifest_sha256
+    from fairxray.data.splits import manifest_sha256
 
     git = git_info()
     tags = {
@@ -377,40 +377,11 @@ def track(
     if tuned.exists():
         cl.log_artifact(parent, str(tuned), "tuned")
 
-    runs: dict[int, str] = {}
     now = int(time.time() * 1000)
-    for seed, inp in inputs.items():
-        run = cl.create_run(
-            exp,
-            tags={
-                **tags,
-                KIND: "seed",
-                SEED: str(seed),
-                CURRENT: "true",
-                "mlflow.parentRunId": parent,
-            },
-            run_name=f"{model}/{method}/seed{seed}",
-        )
-        rid = run.info.run_id
-        from mlflow.entities import Metric
-
-        history = [
-            Metric(f"train/{k}", float(h[k]), now, int(h["epoch"]))
-            for h in inp["history"]
-            for k in ("train_loss", "val_loss", "val_score")
-            if k in h and h[k] is not None and math.isfinite(float(h[k]))
-        ]
-        log_batch(
-            cl,
-            rid,
-            metrics=_metrics(inp["metrics"], now) + _metrics(inp["train_metrics"], now) + history,
-            params=_params(inp["params"]),
-        )
-        for folder, files in inp["artifacts"].items():
-            for f in files:
-                cl.log_artifact(rid, str(f), folder)
-        runs[seed] = rid
-        log(f"track: {model}/{method} seed {seed}: run {rid}")
+    runs = {
+        seed: _seed_run(cl, exp, parent, tags, model, method, seed, inp, now, log)
+        for seed, inp in inputs.items()
+    }
 
     registered = None
     onnx_seed = report.get("seed")
@@ -437,6 +408,35 @@ def track(
     }
     _write_json(tracked_file(model, method), content)
     return content
+
+
+def _seed_run(cl, exp, parent, tags, model, method, seed, inp, now, log) -> str:
+    """One seed's run: its metrics, training curves, params and artifacts; returns its id."""
+    from mlflow.entities import Metric
+
+    run = cl.create_run(
+        exp,
+        tags={**tags, KIND: "seed", SEED: str(seed), CURRENT: "true", "mlflow.parentRunId": parent},
+        run_name=f"{model}/{method}/seed{seed}",
+    )
+    rid = run.info.run_id
+    history = [
+        Metric(f"train/{k}", float(h[k]), now, int(h["epoch"]))
+        for h in inp["history"]
+        for k in ("train_loss", "val_loss", "val_score")
+        if k in h and h[k] is not None and math.isfinite(float(h[k]))
+    ]
+    log_batch(
+        cl,
+        rid,
+        metrics=_metrics(inp["metrics"], now) + _metrics(inp["train_metrics"], now) + history,
+        params=_params(inp["params"]),
+    )
+    for folder, files in inp["artifacts"].items():
+        for f in files:
+            cl.log_artifact(rid, str(f), folder)
+    log(f"track: {model}/{method} seed {seed}: run {rid}")
+    return rid
 
 
 def _log_onnx(cl, run_id, report, report_path, p, model, method) -> dict:

@@ -11,7 +11,7 @@ batch axis is dynamic. What is exported per method:
 - ``linear_probe``, ``mlp``: the frozen image tower (the weights the ``embed`` stage used) + the
   trained head: the same composition as ``embed`` then ``train``.
 - ``zero_shot``: the image tower + the class text embeddings baked in as a constant, then
-  ``softmax(logit_scale * cos)``, as :mod:`fairxray.zero_shot` computes it.
+  ``softmax(logit_scale * cos)``, as :mod:`fairxray.adapt.zero_shot` computes it.
 
 Which seed: the seed of ``params.seeds`` with the best validation score (``train.selection``,
 recorded by ``train``; the first such seed on ties). zero_shot has no score and is deterministic:
@@ -110,9 +110,9 @@ def choose_seed(model: str, method: str, seeds) -> tuple[int, str]:
 def build_probs_model(model: str, method: str, seed: int, classes) -> tuple[nn.Module, dict]:
     """The image -> probabilities module of one trained seed, on CPU in eval mode, and facts
     for the report (preprocess function, ImageSpec, LoRA layers merged, merge difference)."""
-    from fairxray import zero_shot
+    from fairxray.adapt import zero_shot
+    from fairxray.adapt.train import load_trained
     from fairxray.models import create
-    from fairxray.train import load_trained
 
     sdir = paths.seed_dir(model, method, seed)
     cfg = _seed_config(model, method, seed)
@@ -150,7 +150,7 @@ def _image_spec(model: str):
 def parity_pixels(p: Params, n: int) -> tuple[list[str], np.ndarray]:
     """The first ``n`` distinct validation images of ``data.protocol`` from the image cache."""
     from fairxray.data.cache import ImageCache
-    from fairxray.prepare import load_splits
+    from fairxray.data.splits import load_splits
 
     val = load_splits(p.data.protocol)["val"]
     ids = list(dict.fromkeys(val["image_id"].astype(str)))[:n]
@@ -233,7 +233,7 @@ def _predictions_check(model, method, seed, ids, probs, classes) -> dict:
     autocast differs by more than fp32 rounding)."""
     import pandas as pd
 
-    from fairxray.predictions import prob_columns
+    from fairxray.metrics.predictions import prob_columns
 
     f = paths.prediction_file(model, method, seed, "val")
     if not f.exists():
@@ -247,11 +247,35 @@ def _predictions_check(model, method, seed, ids, probs, classes) -> dict:
     }
 
 
+def _write_checked(module, x, ref, out: Path, e, meta: dict, what: str, n_images: int) -> float:
+    """Export to a temp file, stamp ``meta``, check onnxruntime against ``ref`` (full batch and
+    batch 1), and only then rename it to ``out``; returns the largest difference."""
+    import onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        export_onnx(module, torch.from_numpy(x[:2]), tmp, e)
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, meta)
+        onnx.save(proto, str(tmp))
+        full = ort_probs(tmp, x)
+        one = ort_probs(tmp, x[:1])
+        diff = max(float(np.max(np.abs(full - ref))), float(np.max(np.abs(one - ref[:1]))))
+        if not np.all(np.isfinite(full)) or diff > e.atol:
+            raise UserError(
+                f"{what}: onnxruntime differs from PyTorch by {diff:.3g} "
+                f"(> export.atol {e.atol:g}) on {n_images} validation images; nothing written"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return diff
+
+
 def export(p: Params, model: str, method: str, log: Callable[[str], None] = print) -> dict:
     """Export ``model`` x ``method``; write ``model.onnx`` and ``onnx.json`` (atomically, only
     when parity holds) and return the report."""
-    import onnx
-
     e = p.export
     if e.parity_images < 2:
         raise UserError("params.yaml: 'export.parity_images' must be at least 2")
@@ -269,31 +293,22 @@ def export(p: Params, model: str, method: str, log: Callable[[str], None] = prin
     ref = torch_probs(module, x)
 
     out = paths.onnx(model, method)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        export_onnx(module, torch.from_numpy(x[:2]), tmp, e)
-        proto = onnx.load(str(tmp))
-        meta = {
+    diff = _write_checked(
+        module,
+        x,
+        ref,
+        out,
+        e,
+        {
             "fairxray.model": model,
             "fairxray.method": method,
             "fairxray.seed": str(seed),
             "fairxray.classes": json.dumps(classes),
             "fairxray.preprocessing": json.dumps(asdict(info["image"])),
-        }
-        onnx.helper.set_model_props(proto, meta)
-        onnx.save(proto, str(tmp))
-        full = ort_probs(tmp, x)
-        one = ort_probs(tmp, x[:1])
-        diff = max(float(np.max(np.abs(full - ref))), float(np.max(np.abs(one - ref[:1]))))
-        if not np.all(np.isfinite(full)) or diff > e.atol:
-            raise UserError(
-                f"export {model}/{method}: onnxruntime differs from PyTorch by {diff:.3g} "
-                f"(> export.atol {e.atol:g}) on {len(ids)} validation images; nothing written"
-            )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        },
+        f"export {model}/{method}",
+        len(ids),
+    )
 
     img = info["image"]
     report = {

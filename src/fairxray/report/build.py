@@ -130,7 +130,7 @@ DEVIATIONS = (
     (
         "Zero-shot prompts",
         "The paper's zero-shot prompts and decision rule are unknown (the released implementation is "
-        "commented out). Each model uses a documented prompt ensemble (fairxray.zero_shot) over "
+        "commented out). Each model uses a documented prompt ensemble (fairxray.adapt.zero_shot) over "
         "natural-language disease names; probabilities are softmax(logit_scale x cosine).",
     ),
     (
@@ -428,14 +428,41 @@ def build_report(
     c = collect(p, root)
     profile = profile or ("demo" if "demo" in c.profiles else p.profile)
     demo = profile == "demo"
-    level = p.metrics.ci_level
     t1, t2 = table_keys(p)
-    agg = aggregate(c.runs, [k for k, _ in t1 + t2], level)
-    tab1, tab2 = display_table(agg, t1), display_table(agg, t2)
-    pvh = paper_vs_here(agg, demo)
-    dev = pd.DataFrame(
-        DEVIATIONS, columns=["choice", "what differs from the released code, and why"]
-    )
+    agg = aggregate(c.runs, [k for k, _ in t1 + t2], p.metrics.ci_level)
+    tables = {
+        "tab1": display_table(agg, t1),
+        "tab2": display_table(agg, t2),
+        "pvh": paper_vs_here(agg, demo),
+        "dev": pd.DataFrame(
+            DEVIATIONS, columns=["choice", "what differs from the released code, and why"]
+        ),
+    }
+    notes = _notes(p, c, profile, demo)
+
+    tmp = Path(out_dir).with_name(f".{Path(out_dir).name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "figures").mkdir(parents=True)
+    _write_data(tmp, agg, t1, t2, tables["pvh"])
+    fig1 = _png(figure_accuracy_vs_gaps(agg, t2, demo))
+    fig2 = _png(figure_group_bars(c.by_group, "macro_f1", demo)) if len(c.by_group) else None
+    (tmp / "figures" / "accuracy_vs_gaps.png").write_bytes(fig1)
+    if fig2:
+        (tmp / "figures" / "group_macro_f1.png").write_bytes(fig2)
+    _write_markdown(tmp, tables, notes, demo, bool(fig2))
+    _write_html(tmp, tables, notes, demo, fig1, fig2)
+    out_dir = _publish(tmp, Path(out_dir))
+    return {
+        "rows": len(agg),
+        "runs": len(c.runs),
+        "missing": c.missing,
+        "out": str(out_dir),
+        "profile": profile,
+    }
+
+
+def _notes(p: Params, c: Collected, profile: str, demo: bool) -> list[str]:
+    level = p.metrics.ci_level
     proto = f"Protocol: {p.data.protocol}" + (
         " (the paper's sampling, with its train/test leakage kept for comparability)"
         if p.data.protocol == "nih6x200-paper"
@@ -452,10 +479,11 @@ def build_report(
     ]
     if c.missing:
         notes.append(f"Missing runs ({len(c.missing)}): " + ", ".join(c.missing))
+    return notes
 
-    tmp = Path(out_dir).with_name(f".{Path(out_dir).name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "figures").mkdir(parents=True)
+
+def _write_data(tmp: Path, agg: pd.DataFrame, t1, t2, pvh: pd.DataFrame) -> None:
+    """The CSV tables, the scatter data of the DVC plots and ``summary.json``."""
     csv_table(agg, t1).to_csv(tmp / "table1_utility.csv", index=False)
     csv_table(agg, t2).to_csv(tmp / "table2_fairness.csv", index=False)
     pvh.to_csv(tmp / "paper_vs_here.csv", index=False)
@@ -478,45 +506,43 @@ def build_report(
     }
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    fig1 = _png(figure_accuracy_vs_gaps(agg, t2, demo))
-    fig2 = _png(figure_group_bars(c.by_group, "macro_f1", demo)) if len(c.by_group) else None
-    (tmp / "figures" / "accuracy_vs_gaps.png").write_bytes(fig1)
-    if fig2:
-        (tmp / "figures" / "group_macro_f1.png").write_bytes(fig2)
 
+def _write_markdown(tmp: Path, t: dict, notes: list[str], demo: bool, has_fig2: bool) -> None:
     label = f"**{DEMO_BANNER}** ({DEMO_LABEL})\n\n" if demo else ""
     md = [
         "# fairxray report: fairness of CLIP-based models on NIH ChestX-ray14\n",
         label + "\n".join(f"- {n}" for n in notes) + "\n",
         "## Table 1: utility (accuracy, per-disease F1, Var_F1)\n",
-        _markdown(tab1) + "\n",
+        _markdown(t["tab1"]) + "\n",
         "## Table 2: fairness gaps by attribute (variants named)\n",
-        _markdown(tab2) + "\n",
+        _markdown(t["tab2"]) + "\n",
         "## Paper vs here\n",
         (
             "Published numbers (paper-protocol.md §5) beside ours where the same model (and method) ran. "
             + (f"Ours are {DEMO_LABEL}: not comparable with the paper.\n" if demo else "\n")
         ),
-        _markdown(pvh) + "\n",
+        _markdown(t["pvh"]) + "\n",
         "## Deviations from the paper's released code\n",
-        _markdown(dev) + "\n",
+        _markdown(t["dev"]) + "\n",
         "## Figures\n",
         "![accuracy vs gaps](figures/accuracy_vs_gaps.png)\n",
-        "![per-group macro-F1](figures/group_macro_f1.png)\n" if fig2 else "",
+        "![per-group macro-F1](figures/group_macro_f1.png)\n" if has_fig2 else "",
     ]
     (tmp / "report.md").write_text("\n".join(md))
-    (tmp / "table1_utility.md").write_text(label + _markdown(tab1) + "\n")
-    (tmp / "table2_fairness.md").write_text(label + _markdown(tab2) + "\n")
+    (tmp / "table1_utility.md").write_text(label + _markdown(t["tab1"]) + "\n")
+    (tmp / "table2_fairness.md").write_text(label + _markdown(t["tab2"]) + "\n")
 
+
+def _write_html(tmp: Path, t: dict, notes: list[str], demo: bool, fig1: bytes, fig2) -> None:
     def img(data: bytes, alt: str) -> str:
         return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
     sections = [
         ("About", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"),
-        ("Table 1: utility (accuracy, per-disease F1, Var_F1)", _html_table(tab1, "table1")),
-        ("Table 2: fairness gaps by attribute", _html_table(tab2, "table2")),
-        ("Paper vs here", _html_table(pvh, "paper-vs-here")),
-        ("Deviations from the paper's released code", _html_table(dev, "deviations")),
+        ("Table 1: utility (accuracy, per-disease F1, Var_F1)", _html_table(t["tab1"], "table1")),
+        ("Table 2: fairness gaps by attribute", _html_table(t["tab2"], "table2")),
+        ("Paper vs here", _html_table(t["pvh"], "paper-vs-here")),
+        ("Deviations from the paper's released code", _html_table(t["dev"], "deviations")),
         ("Accuracy against each fairness gap", img(fig1, "accuracy against each fairness gap")),
     ]
     if fig2:
@@ -526,19 +552,15 @@ def build_report(
     )
     (tmp / "report.html").write_text(page)
 
-    out_dir = Path(out_dir)
+
+def _publish(tmp: Path, out_dir: Path) -> Path:
+    """Swap the finished temp folder in for ``out_dir`` (the old one is removed after)."""
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
     if out_dir.exists():
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
-    return {
-        "rows": len(agg),
-        "runs": len(c.runs),
-        "missing": c.missing,
-        "out": str(out_dir),
-        "profile": profile,
-    }
+    return out_dir
 
 
 def _num(v) -> float | None:

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from fairxray.adapt.store import encode_cache
 from fairxray.data.cache import ImageCache
-from fairxray.embed import encode_cache
 from fairxray.models.base import ClipModel
 from fairxray.models.registry import ModelSpec
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -117,3 +118,12 @@ def load_splits(protocol: str, drop_skipped: bool = True) -> dict[str, pd.DataFr
             )
             frames[name] = df[keep].reset_index(drop=True)
     return frames
+
+
+def manifest_sha256(protocol: str) -> str:
+    """sha256 of ``data/splits/<protocol>/manifest.json`` (its NIH metadata hash and split
+    counts): what the studies, runs and tags identify the data by."""
+    path = paths.splits(protocol) / "manifest.json"
+    if not path.exists():
+        raise UserError(f"{path}: no split manifest; run `fairxray prepare --protocol {protocol}`")
+    return hashlib.sha256(path.read_bytes()).hexdigest()

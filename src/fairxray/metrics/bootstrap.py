@@ -4,12 +4,12 @@ A bootstrap replicate draws the test set's *patients* with replacement (images o
 correlated, so resampling images would understate the uncertainty) and keeps every image of each
 drawn patient as often as the patient was drawn. Each replicate is therefore a vector of integer
 row weights ``w`` (``w_i`` = how often row i's patient was drawn); every metric of
-:mod:`fairxray.fairness` is a function of weighted sums (confusion counts, calibration bins,
+:mod:`fairxray.metrics.fairness` is a function of weighted sums (confusion counts, calibration bins,
 weighted Mann-Whitney AUROC), so all replicates are computed at once from ``W`` [B, N] instead of
 re-running scikit-learn B times. ``tests/unit/test_bootstrap.py`` checks that each weighted metric
-equals the :mod:`fairxray.fairness` function applied to the materialised resample.
+equals the :mod:`fairxray.metrics.fairness` function applied to the materialised resample.
 
-NaN rules mirror :mod:`fairxray.fairness`: a replicate in which a group is too small or lacks a
+NaN rules mirror :mod:`fairxray.metrics.fairness`: a replicate in which a group is too small or lacks a
 class gives NaN for the metrics that need it; :func:`percentile_interval` drops such replicates
 and reports how many it used.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from fairxray.fairness import Groups, bin_index
+from fairxray.metrics.fairness import Groups, bin_index
 
 # Per-group metrics reported in by_group.csv (evaluate's point estimates use the same list).
 GROUP_METRICS = (
@@ -199,7 +199,7 @@ def replicate_metrics(
 
     ``groupings``: attribute name -> groups, single attributes and intersections; ``paper_subgroups``:
     single attribute -> its subgroups (attribute x the other columns, the attribute slowest). Keys
-    are those of :func:`fairxray.evaluate.point_metrics`. Returns (metrics, by_group)."""
+    are those of :func:`fairxray.metrics.evaluate.point_metrics`. Returns (metrics, by_group)."""
     W = np.atleast_2d(np.asarray(W, dtype=np.float64))
     y, prob = np.asarray(y), np.asarray(prob, dtype=float)
     K = len(classes)

@@ -1,4 +1,4 @@
-"""``fairxray reproduce`` / ``fairxray demo``: check every input, then run the pipeline in a folder.
+"""The preflight of ``fairxray reproduce``: check every input before any work.
 
 :func:`preflight` looks at everything a paper run needs before any GPU work: the NIH image folder
 (layout, and every image the configured protocols need), the metadata table (its checksum against
@@ -7,11 +7,7 @@ requested, each configured model's weights (through the model registry), the out
 CUDA GPU. It collects every problem and :func:`require_ok` raises one :class:`UserError` listing
 them all, so a user fixes everything in one round.
 
-:func:`prepare_run_dir` then lays out a self-contained DVC project under ``--out`` (the pipeline
-files, ``params.yaml`` with the profile applied, a DVC repository without git) and
-:func:`run_pipeline` runs ``dvc repro`` there: DVC outputs, ``mlruns/`` and ``reports/`` land in
-``--out``. Rerunning on the same folder resumes: DVC skips finished stages, Optuna studies and
-training checkpoints live outside DVC outputs and are picked up again.
+The run folder itself is :mod:`fairxray.reproduce.run`.
 """
 
 from __future__ import annotations
@@ -20,25 +16,19 @@ import functools
 import gzip
 import hashlib
 import io
-import json
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from fairxray.config import Params, load_params
+from fairxray.config import Params
 from fairxray.data import nih
 from fairxray.data.images import find_pngs
 from fairxray.errors import UserError
 from fairxray.models import registry
-from fairxray.profiles import apply_profile
 
 # Environment variables that give the CLI its defaults; the Dockerfile sets them to the mount
 # points the README's `docker run` lines use.
@@ -51,11 +41,6 @@ METADATA_NAME = "Data_Entry_2017_v2020.csv"  # the name NIH distributes next to 
 OFFICIAL_LISTS = ("train_val_list.txt", "test_list.txt")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_EXAMPLES = 5  # ids quoted per problem; the count covers the rest
-
-# What a run folder needs from the project: the pipeline definition, the profile overlays and the
-# source files dvc.yaml lists as dependencies (the code that runs is the installed package; the
-# copy is what DVC hashes). params.yaml is written separately with the profile applied.
-PIPELINE_FILES = ("dvc.yaml", ".dvcignore", "profiles", "src")
 
 
 @dataclass
@@ -203,7 +188,7 @@ def check_metadata(path: Path | None) -> Preflight:
 def needed_image_ids(p: Params, skip: Iterable[str] = ()) -> dict[str, set[str]]:
     """Protocol -> the image ids its splits use, computed on the reference table exactly as the
     ``prepare`` stage will; protocols in ``skip`` (e.g. nih-official without its lists) are left out."""
-    from fairxray.prepare import make_splits
+    from fairxray.data.splits import make_splits
 
     meta = nih.read_metadata(reference_metadata()[0])
     out: dict[str, set[str]] = {}
@@ -420,156 +405,3 @@ def preflight(
         result.extend(check_out(out_dir))
     result.extend(check_gpu(allow_cpu, gpu))
     return result
-
-
-# --- the run folder -------------------------------------------------------------------------
-
-
-def project_root(params_path: Path) -> Path:
-    """The project a params file belongs to: its folder, which must hold ``dvc.yaml``."""
-    root = params_path.resolve().parent
-    if not (root / "dvc.yaml").is_file():
-        raise UserError(
-            f"{params_path}: no dvc.yaml beside it; run from the fairxray project folder or "
-            f"pass --params <project>/params.yaml"
-        )
-    return root
-
-
-def profiled_params(
-    project: Path, params_path: Path, profile: str, sets: Mapping[str, Any]
-) -> tuple[str, Params]:
-    """``params_path`` with ``profiles/<profile>.yaml`` and ``sets`` applied: the text to write
-    and the typed params (validated by the same loader every stage uses)."""
-    load_params(params_path)
-    with tempfile.TemporaryDirectory(prefix="fairxray-params-") as tmp:
-        work = Path(tmp) / "params.yaml"
-        shutil.copyfile(params_path, work)
-        apply_profile(profile, work, dict(sets), profiles_dir=project / "profiles")
-        return work.read_text(), load_params(work)
-
-
-def _replace(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through a temporary sibling and a rename, dropping stale files."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    if src.is_dir():
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        if dst.is_dir():
-            shutil.rmtree(dst)
-    else:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def dvc_executable() -> str:
-    """The ``dvc`` installed beside this interpreter (the lock's), else the one on PATH."""
-    here = Path(sys.executable).parent / "dvc"
-    return str(here) if here.exists() else "dvc"
-
-
-ENV_GIT_SHA = "FAIRXRAY_GIT_SHA"  # the commit a run folder's code came from (it has no .git)
-
-
-def project_commit(project: Path) -> str | None:
-    """``git rev-parse HEAD`` of the project (``-dirty`` when tracked files are modified), or
-    ``$FAIRXRAY_GIT_SHA`` (set in the Docker image at build time), or None."""
-
-    def git(*args: str) -> str | None:
-        try:
-            res = subprocess.run(
-                ["git", *args], cwd=project, capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return res.stdout.strip() if res.returncode == 0 else None
-
-    head = git("rev-parse", "HEAD")
-    if head:
-        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    given = os.environ.get(ENV_GIT_SHA, "")
-    return given if given and given != "unknown" else None
-
-
-def run_env(commit: str | None = None) -> dict[str, str]:
-    """The environment of ``dvc repro``: this interpreter's scripts first on PATH (dvc.yaml runs
-    ``fairxray ...``), hubs offline, no telemetry, and the project's commit for run tags."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-    if commit:
-        env[ENV_GIT_SHA] = commit
-    return env
-
-
-def write_run_record(run_dir: Path, record: Mapping[str, Any]) -> Path:
-    """``<run_dir>/run.json``: what was checked and with which code, written atomically."""
-    path = run_dir / "run.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def prepare_run_dir(project: Path, out_dir: Path, params_text: str) -> Path:
-    """Make ``out_dir`` a DVC project (no git) running ``project``'s pipeline with these params.
-
-    The pipeline files are refreshed from ``project`` on every call; ``params.yaml`` is written
-    atomically; DVC state, outputs, ``dvc.lock``, studies and checkpoints already in ``out_dir``
-    are kept, so a rerun continues where the last one stopped.
-    """
-    out_dir = out_dir.resolve()
-    if out_dir == project.resolve():
-        raise UserError(f"{out_dir}: --out must be a folder other than the project itself")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in PIPELINE_FILES:
-        src = project / name
-        if src.exists():
-            _replace(src, out_dir / name)
-    tmp = out_dir / "params.yaml.tmp"
-    tmp.write_text(params_text)
-    os.replace(tmp, out_dir / "params.yaml")
-    (out_dir / "mlruns").mkdir(exist_ok=True)
-    if not (out_dir / ".dvc").is_dir():
-        # A DVC repository without git: the run folder is its own DVC root even inside a git
-        # checkout (checked in the tests). No analytics and no update check: runs are offline.
-        for cmd in (
-            ["init", "--no-scm", "-q"],
-            ["config", "core.analytics", "false"],
-            ["config", "core.check_update", "false"],
-        ):
-            res = subprocess.run(
-                [dvc_executable(), *cmd], cwd=out_dir, env=run_env(), capture_output=True, text=True
-            )
-            if res.returncode != 0:
-                raise UserError(
-                    f"{out_dir}: `dvc {' '.join(cmd)}` failed: {(res.stderr or res.stdout).strip()}"
-                )
-    return out_dir
-
-
-def run_pipeline(run_dir: Path, commit: str | None = None, dvc_args: Iterable[str] = ()) -> int:
-    """``dvc repro`` in ``run_dir``; its output streams to the terminal; returns its exit code."""
-    cmd = [dvc_executable(), "repro", *dvc_args]
-    return subprocess.run(cmd, cwd=run_dir, env=run_env(commit)).returncode
-
-
-def summary(run_dir: Path) -> list[str]:
-    """What a finished run left where, for the closing message."""
-    where = [
-        ("splits and leakage manifests", "data/splits"),
-        ("image caches", "data/images"),
-        ("metrics per run", "metrics"),
-        ("comparison report", "reports"),
-        (
-            "MLflow runs (fairxray ui, or mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db)",
-            "mlruns",
-        ),
-        ("pipeline state (dvc.lock; rerun to resume)", "dvc.lock"),
-        ("preflight record and code commit", "run.json"),
-    ]
-    return [f"  {what}: {run_dir / rel}" for what, rel in where if (run_dir / rel).exists()]

@@ -1,7 +1,7 @@
 """One predictions table -> ``metrics.json``, ``by_group.csv`` and plots (the ``evaluate`` stage).
 
-Point estimates come from :mod:`fairxray.fairness` (scikit-learn / fairlearn where they compute the
-metric); intervals from the vectorised patient bootstrap in :mod:`fairxray.bootstrap`. Keys of
+Point estimates come from :mod:`fairxray.metrics.fairness` (scikit-learn / fairlearn where they compute the
+metric); intervals from the vectorised patient bootstrap in :mod:`fairxray.metrics.bootstrap`. Keys of
 ``metrics.json`` (``attr`` = each sensitive column, plus their intersection ``age_group&sex``):
 
 ``accuracy``, ``macro_f1``, ``balanced_accuracy``, ``auroc_macro``, ``f1/<Class>``, ``var_f1``,
@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 
 from fairxray import DEMO_BANNER
-from fairxray import fairness as fm
-from fairxray.bootstrap import (
+from fairxray.metrics import fairness as fm
+from fairxray.metrics.bootstrap import (
     patient_weights,
     percentile_interval,
     replicate_metrics,
 )
-from fairxray.predictions import prob_columns, validate_predictions
+from fairxray.metrics.plots import plot_confusion, plot_group_f1, plot_reliability
+from fairxray.metrics.predictions import prob_columns, read_predictions, validate_predictions
 
 GAP_VARIANTS = {
     "f1_gap": ("paper", "standard"),
@@ -102,7 +103,7 @@ def point_metrics(
     p: Prepared, s: Settings
 ) -> tuple[dict[str, float], dict[tuple[str, str, str], float]]:
     """The point estimate of every key, with the same keys as
-    :func:`fairxray.bootstrap.replicate_metrics` (checked by the tests)."""
+    :func:`fairxray.metrics.bootstrap.replicate_metrics` (checked by the tests)."""
     K, y, prob, mgs = len(s.classes), p.y, p.prob, s.min_group_size
     pred = prob.argmax(axis=1)
     everyone = np.full(len(y), "all", dtype=object)
@@ -183,21 +184,7 @@ def evaluate_frame(df: pd.DataFrame, s: Settings, source: str = "<predictions>")
         warnings.simplefilter("always", fm.FairnessWarning)
         point, point_bg = point_metrics(p, s)
     msgs = [str(w.message) for w in caught if issubclass(w.category, fm.FairnessWarning)]
-
-    boot: dict[str, np.ndarray] = {}
-    boot_bg: dict[tuple[str, str, str], np.ndarray] = {}
-    if s.n_boot > 0:
-        W = patient_weights(p.patients, s.n_boot, s.seed)
-        boot, boot_bg = replicate_metrics(
-            W,
-            y=p.y,
-            prob=p.prob,
-            classes=s.classes,
-            groupings=p.groupings,
-            paper_subgroups=p.paper_subgroups,
-            n_bins=s.ece_bins,
-            min_group_size=s.min_group_size,
-        )
+    boot, boot_bg = _replicates(p, s)
 
     def interval(name: str, samples: np.ndarray | None, value: float) -> tuple[float, float]:
         if samples is None:
@@ -220,32 +207,65 @@ def evaluate_frame(df: pd.DataFrame, s: Settings, source: str = "<predictions>")
     metrics["n/patients"] = int(pd.Series(p.patients).nunique())
     rows = []
     for attr, gr in p.groupings.items():
-        sizes = gr.sizes
-        pats = [int(pd.Series(p.patients[gr.mask(g)]).nunique()) for g in range(len(gr.labels))]
         for g, label in enumerate(gr.labels):
-            metrics[f"n/{attr}/{label}"] = int(sizes[g])
-        for (metric, a, label), v in point_bg.items():
-            if a != attr:
-                continue
-            g = gr.labels.index(label)
-            lo, hi = interval(f"{metric} {attr}={label}", boot_bg.get((metric, a, label)), v)
-            rows.append(
-                {
-                    "metric": metric,
-                    "attribute": attr,
-                    "group": label,
-                    "value": v,
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "n": int(sizes[g]),
-                    "n_patients": pats[g],
-                }
-            )
-    by_group = pd.DataFrame(rows)
+            metrics[f"n/{attr}/{label}"] = int(gr.sizes[g])
+        rows += _group_rows(p, attr, gr, point_bg, boot_bg, interval)
     pred = p.prob.argmax(axis=1)
     K = len(s.classes)
     confusion = np.bincount(p.y * K + pred, minlength=K * K).reshape(K, K)
-    reliability = {
+    return Evaluation(
+        metrics,
+        pd.DataFrame(rows),
+        _dedupe(msgs),
+        _meta(p, s, source),
+        _reliability(p, s),
+        confusion,
+    )
+
+
+def _replicates(p: Prepared, s: Settings):
+    """Bootstrap replicates of every metric (overall, per group); empty without ``n_boot``."""
+    if s.n_boot <= 0:
+        return {}, {}
+    W = patient_weights(p.patients, s.n_boot, s.seed)
+    return replicate_metrics(
+        W,
+        y=p.y,
+        prob=p.prob,
+        classes=s.classes,
+        groupings=p.groupings,
+        paper_subgroups=p.paper_subgroups,
+        n_bins=s.ece_bins,
+        min_group_size=s.min_group_size,
+    )
+
+
+def _group_rows(p: Prepared, attr: str, gr, point_bg, boot_bg, interval) -> list[dict]:
+    """``by_group.csv`` rows of one attribute: value, interval, images and patients per group."""
+    pats = [int(pd.Series(p.patients[gr.mask(g)]).nunique()) for g in range(len(gr.labels))]
+    rows = []
+    for (metric, a, label), v in point_bg.items():
+        if a != attr:
+            continue
+        g = gr.labels.index(label)
+        lo, hi = interval(f"{metric} {attr}={label}", boot_bg.get((metric, a, label)), v)
+        rows.append(
+            {
+                "metric": metric,
+                "attribute": attr,
+                "group": label,
+                "value": v,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": int(gr.sizes[g]),
+                "n_patients": pats[g],
+            }
+        )
+    return rows
+
+
+def _reliability(p: Prepared, s: Settings) -> dict[str, pd.DataFrame]:
+    return {
         attr: pd.concat(
             [
                 fm.reliability(p.y[gr.mask(g)], p.prob[gr.mask(g)], n_bins=s.ece_bins).assign(
@@ -257,7 +277,10 @@ def evaluate_frame(df: pd.DataFrame, s: Settings, source: str = "<predictions>")
         )
         for attr, gr in p.groupings.items()
     }
-    meta = {
+
+
+def _meta(p: Prepared, s: Settings, source: str) -> dict:
+    return {
         "source": source,
         "classes": list(s.classes),
         "sensitive": list(s.sensitive),
@@ -270,7 +293,6 @@ def evaluate_frame(df: pd.DataFrame, s: Settings, source: str = "<predictions>")
         "seed": s.seed,
         "prediction_rule": "argmax of the class probabilities",
     }
-    return Evaluation(metrics, by_group, _dedupe(msgs), meta, reliability, confusion)
 
 
 def _json_value(v):
@@ -312,97 +334,28 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path, *, profile: str) -> Pa
     return out_dir
 
 
-# ---------------------------------------------------------------- plots
+def settings(p) -> Settings:
+    """``params.metrics`` plus the expected groups: every configured age bin, so an empty bin shows
+    up as an empty (NaN) group instead of disappearing."""
+    from fairxray.data.nih import age_group_labels
+
+    m = p.metrics
+    levels = {"age_group": age_group_labels(p.data.age_bins)} if "age_group" in m.sensitive else {}
+    return Settings(
+        classes=tuple(p.data.classes),
+        sensitive=tuple(m.sensitive),
+        n_boot=m.n_boot,
+        ci_level=m.ci_level,
+        ece_bins=m.ece_bins,
+        min_group_size=m.min_group_size,
+        seed=m.seed,
+        levels=levels,
+    )
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _finish(fig, path: Path, demo: bool, title: str) -> None:
-    fig.suptitle(f"{DEMO_BANNER}\n{title}" if demo else title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-
-
-def plot_group_f1(by_group: pd.DataFrame, path: Path, *, demo: bool) -> None:
-    """Macro-F1 per group with its patient-bootstrap interval, one panel per attribute."""
-    plt = _pyplot()
-    d = by_group[by_group["metric"] == "macro_f1"]
-    attrs = list(dict.fromkeys(d["attribute"]))
-    fig, axes = plt.subplots(1, len(attrs), figsize=(3.2 * len(attrs) + 1, 3.4), squeeze=False)
-    for ax, attr in zip(axes[0], attrs, strict=True):
-        a = d[d["attribute"] == attr]
-        v = a["value"].to_numpy(dtype=float)
-        err = np.vstack([v - a["ci_low"].to_numpy(float), a["ci_high"].to_numpy(float) - v])
-        # A percentile interval need not contain the point estimate (a skewed bootstrap): the bar
-        # then shows only the side that extends beyond it, since matplotlib rejects negative errors.
-        err = np.clip(np.where(np.isfinite(err), err, 0), 0, None)
-        ax.bar(range(len(a)), np.nan_to_num(v), yerr=err, capsize=3, color="#4c78a8")
-        ax.set_xticks(range(len(a)))
-        ax.set_xticklabels(
-            [f"{g}\nn={n}" for g, n in zip(a["group"], a["n"], strict=True)], fontsize=7
-        )
-        ax.set_ylim(0, 1)
-        ax.set_title(attr, fontsize=8)
-        ax.set_ylabel("macro-F1")
-    _finish(fig, path, demo, "Per-group macro-F1 (bars: patient-bootstrap CI)")
-
-
-def plot_reliability(tables: Mapping[str, pd.DataFrame], path: Path, *, demo: bool) -> None:
-    """Reliability diagram (accuracy against mean confidence per fixed bin), one line per group."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(tables), figsize=(3.4 * len(tables) + 1, 3.4), squeeze=False)
-    for ax, (attr, t) in zip(axes[0], tables.items(), strict=True):
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-        for group, g in t.groupby("group", sort=False):
-            g = g[g["n"] > 0]
-            ax.plot(
-                g["confidence"],
-                g["accuracy"],
-                marker="o",
-                ms=3,
-                label=f"{group} (n={int(g['n'].sum())})",
-            )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("mean top-label confidence")
-        ax.set_ylabel("accuracy")
-        ax.set_title(attr, fontsize=8)
-        ax.legend(fontsize=6)
-    _finish(fig, path, demo, "Reliability per group (equal-width bins on [0, 1])")
-
-
-def plot_confusion(
-    confusion: np.ndarray, classes: Sequence[str], path: Path, *, demo: bool
-) -> None:
-    """Confusion matrix, counts, rows = true class."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4.6))
-    ax.imshow(confusion, cmap="Blues")
-    k = len(classes)
-    ax.set_xticks(range(k))
-    ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(k))
-    ax.set_yticklabels(classes, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    top = confusion.max() if confusion.size else 0
-    for i in range(k):
-        for j in range(k):
-            ax.text(
-                j,
-                i,
-                int(confusion[i, j]),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if confusion[i, j] > top / 2 else "black",
-            )
-    _finish(fig, path, demo, "Confusion matrix (test split)")
+def evaluate_file(pred: str | Path, out: str | Path, s: Settings, profile: str) -> Evaluation:
+    """Read one predictions file (validated against the contract), evaluate it, write ``out``."""
+    df = read_predictions(pred, s.classes, s.sensitive)
+    ev = evaluate_frame(df, s, str(pred))
+    write_evaluation(ev, out, profile=profile)
+    return ev

@@ -1,0 +1,45 @@
+"""The fit loop: :func:`fit` trains one method on :class:`FitData` (split into the loop, its
+inputs and its checkpoints)."""
+
+from fairxray.adapt.fit.checkpoint import clear_checkpoints, fingerprint
+from fairxray.adapt.fit.inputs import (
+    FitData,
+    SplitInputs,
+    batches,
+    epoch_order,
+    load_fit_data,
+    split_labels,
+)
+from fairxray.adapt.fit.loop import (
+    DEVICES,
+    SCHEDULERS,
+    SELECTIONS,
+    DivergedError,
+    FitResult,
+    check_train_params,
+    fit,
+    predict_logits,
+    resolve_device,
+    selection_score,
+)
+
+__all__ = [
+    "DEVICES",
+    "SCHEDULERS",
+    "SELECTIONS",
+    "DivergedError",
+    "FitData",
+    "FitResult",
+    "SplitInputs",
+    "batches",
+    "check_train_params",
+    "clear_checkpoints",
+    "epoch_order",
+    "fingerprint",
+    "fit",
+    "load_fit_data",
+    "predict_logits",
+    "resolve_device",
+    "selection_score",
+    "split_labels",
+]

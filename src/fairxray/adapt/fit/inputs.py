@@ -1,0 +1,121 @@
+"""What the fit loop trains on: :class:`FitData` (labels plus cached features or uint8 pixels per
+split), built from the split frames by :func:`load_fit_data`, and each epoch's batch order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fairxray.errors import UserError
+
+
+@dataclass
+class SplitInputs:
+    """One split as the trainer sees it: labels plus either cached features or uint8 pixels."""
+
+    labels: np.ndarray  # int64 [N], class indices
+    features: np.ndarray | None = None  # float32 [N, D] (linear_probe, mlp)
+    pixels: np.ndarray | None = None  # uint8 [N, S, S] (lora, full_ft)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class FitData:
+    n_classes: int
+    train: SplitInputs
+    val: SplitInputs
+    test: SplitInputs | None = None
+
+
+def split_labels(frame, n_classes: int, source: str) -> np.ndarray:
+    if "label_idx" not in frame.columns:
+        raise UserError(f"{source}: missing column 'label_idx'")
+    y = frame["label_idx"].to_numpy(dtype=np.int64)
+    bad = np.flatnonzero((y < 0) | (y >= n_classes))
+    if bad.size:
+        raise UserError(
+            f"{source}: row {int(bad[0])} has label_idx {int(y[bad[0]])}; training needs one label "
+            f"in 0..{n_classes - 1} per row (a single-label protocol)"
+        )
+    return y
+
+
+def load_fit_data(
+    frames: dict, inputs: str, n_classes: int, *, embeddings_dir=None, cache=None
+) -> FitData:
+    """Split frames -> :class:`FitData`: embeddings from ``embeddings_dir`` (frozen methods) or
+    pixels from ``cache`` (image methods), row for row, repeats expanded."""
+    from fairxray.adapt.store import read_embeddings
+
+    out = {}
+    for split, frame in frames.items():
+        y = split_labels(frame, n_classes, f"{split} split")
+        ids = frame["image_id"].astype(str).tolist()
+        if inputs == "embeddings":
+            out[split] = SplitInputs(y, features=read_embeddings(embeddings_dir, split, ids))
+        else:
+            out[split] = SplitInputs(y, pixels=cache.get(ids))
+    return FitData(n_classes, out["train"], out["val"], out.get("test"))
+
+
+# -- batches --------------------------------------------------------------------------------
+
+
+def epoch_order(
+    labels: torch.Tensor, n_classes: int, balanced: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Indices of one epoch: a permutation, or (class-balanced) N draws with replacement with
+    probability proportional to 1 / (count of the row's class), so each present class is drawn
+    equally often in expectation."""
+    n = len(labels)
+    if not balanced:
+        return torch.randperm(n, generator=generator)
+    counts = torch.bincount(labels, minlength=n_classes).double()
+    weights = 1.0 / counts[labels]
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Consecutive chunks of ``order``; a trailing chunk of one row is dropped (BatchNorm heads
+    cannot normalise a single row in train mode), so an epoch may skip one random row."""
+    out = list(torch.split(order, batch_size))
+    if len(out) > 1 and len(out[-1]) < 2:
+        out.pop()
+    return out
+
+
+# -- devices --------------------------------------------------------------------------------
+
+
+def to_device_inputs(split: SplitInputs, inputs: str, device: torch.device) -> torch.Tensor:
+    if inputs == "embeddings":
+        if split.features is None:
+            raise ValueError("an embedding method needs features in every split")
+        return torch.from_numpy(np.array(split.features, dtype=np.float32)).to(device)
+    if split.pixels is None:
+        raise ValueError("an image method needs pixels in every split")
+    px = np.asarray(split.pixels)
+    if px.dtype != np.uint8 or px.ndim != 3:
+        raise ValueError(f"pixels must be uint8 [N, S, S], got {px.dtype} {px.shape}")
+    return torch.from_numpy(np.array(px)).to(device)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def prepare_batch(
+    module: nn.Module, x: torch.Tensor, inputs: str, device: torch.device
+) -> torch.Tensor:
+    if inputs == "images":
+        x = module.preprocess(x)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x

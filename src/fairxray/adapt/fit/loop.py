@@ -1,0 +1,427 @@
+"""One training loop for Optuna trials and final runs: :func:`fit`.
+
+AdamW, a cosine schedule stepped per batch (one cycle over the run, or the paper's warm restarts),
+cross-entropy, optional class-balanced sampling, the paper's augmentation for image methods (as
+tensor ops, :mod:`fairxray.adapt.augment`), model selection and early stopping on the validation
+split only (the test split is predicted once, after the best epoch is restored), a checkpoint
+after every epoch and resume from it, bf16 autocast and channels_last on CUDA, deterministic on
+CPU for a given seed.
+
+Reproducibility: the seed fixes the head's initialisation and dropout (torch's global generator,
+reset at the start) and the batch order and augmentation draws (one CPU ``torch.Generator``).
+A checkpoint stores both generators' states with the weights, optimiser and scheduler, so an
+interrupted run resumed from it continues exactly where it stopped (tested bit for bit on CPU).
+
+:func:`_fit` is a short loop over named steps: :func:`_train_epoch`, :func:`_validate`,
+:func:`_select` (best epoch and early stop) and the checkpoint (:mod:`.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch import nn
+
+from fairxray import adapt
+from fairxray.adapt.augment import augment, augment_draws
+from fairxray.adapt.fit import checkpoint as ck
+from fairxray.adapt.fit.inputs import (
+    FitData,
+    batches,
+    epoch_order,
+    prepare_batch,
+    to_device,
+    to_device_inputs,
+)
+from fairxray.adapt.lora import lora_gradient_problems, lora_parameters
+from fairxray.config import TrainParams
+from fairxray.errors import UserError
+
+SCHEDULERS = ("cosine", "cosine_warm_restarts")
+SELECTIONS = ("macro_f1", "accuracy", "neg_loss")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DivergedError(UserError):
+    """A fit whose validation score was never finite: nothing to select."""
+
+
+@dataclass
+class FitResult:
+    method: str
+    module: nn.Module  # best epoch's weights, on the training device, eval mode
+    history: list[dict]  # one entry per epoch run (train/val loss, val score, lr, timings)
+    best_epoch: int  # 1-based
+    best_score: float  # validation score named by ``selection``
+    selection: str
+    val_probs: np.ndarray  # float64 [N_val, C], softmax of the best epoch
+    test_probs: np.ndarray | None
+    trainable_params: int
+    resumed_from: int = 0  # epochs restored from a checkpoint (0 = fresh start)
+    stopped_early: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def check_train_params(hp: TrainParams, src: str = "train") -> None:
+    """Raise a one-line :class:`UserError` naming the key for values ``fit`` cannot use."""
+    checks = [
+        (hp.epochs >= 1, "epochs", "must be at least 1"),
+        (hp.batch_size >= 2, "batch_size", "must be at least 2 (BatchNorm heads need 2 rows)"),
+        (hp.lr > 0, "lr", "must be positive"),
+        (hp.backbone_lr_scale >= 0, "backbone_lr_scale", "must be non-negative"),
+        (hp.weight_decay >= 0, "weight_decay", "must be non-negative"),
+        (hp.scheduler in SCHEDULERS, "scheduler", f"must be one of {SCHEDULERS}"),
+        (hp.t0 >= 1, "t0", "must be at least 1"),
+        (hp.head in adapt.heads.HEADS, "head", f"must be one of {adapt.heads.HEADS}"),
+        (hp.head_hidden >= 1, "head_hidden", "must be at least 1"),
+        (hp.lora_rank >= 1, "lora_rank", "must be at least 1"),
+        (0 <= hp.lora_dropout < 1, "lora_dropout", "must lie in [0, 1)"),
+        (hp.patience >= 0, "patience", "must be non-negative"),
+        (0 <= hp.augment.flip_p <= 1, "augment.flip_p", "must lie in [0, 1]"),
+        (0 <= hp.augment.rotation_deg <= 180, "augment.rotation_deg", "must lie in [0, 180]"),
+        (0 <= hp.augment.jitter < 1, "augment.jitter", "must lie in [0, 1)"),
+        (hp.selection in SELECTIONS, "selection", f"must be one of {SELECTIONS}"),
+        (hp.device in DEVICES, "device", f"must be one of {DEVICES}"),
+        (hp.num_threads >= 0, "num_threads", "must be non-negative"),
+        (hp.embed_batch_size >= 1, "embed_batch_size", "must be at least 1"),
+    ]
+    for ok, key, what in checks:
+        if not ok:
+            raise UserError(f"{src}: 'train.{key}' {what}, got {_get(hp, key)!r}")
+
+
+def _get(hp: TrainParams, dotted: str):
+    obj = hp
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def selection_score(selection: str, labels: np.ndarray, probs: np.ndarray, loss: float) -> float:
+    """Higher is better: macro-F1 over all classes (absent classes count as 0), accuracy, or the
+    negated mean cross-entropy (the paper keeps the epoch with the lowest validation loss)."""
+    if selection == "neg_loss":
+        return -float(loss)
+    pred = probs.argmax(axis=1)
+    if selection == "accuracy":
+        return float((pred == labels).mean())
+    if selection == "macro_f1":
+        n = probs.shape[1]
+        return float(
+            f1_score(labels, pred, labels=list(range(n)), average="macro", zero_division=0)
+        )
+    raise ValueError(f"unknown selection {selection!r}")
+
+
+# -- run context ----------------------------------------------------------------------------
+
+
+def _set_deterministic(mode: bool, warn_only: bool = False) -> None:
+    # The public setter also flips torch._inductor's flag and so imports inductor (~3 s per
+    # process, paid by every `fairxray train`). Nothing here compiles; when inductor is not loaded
+    # the eager flag alone is the same setting.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def _run_context(device: torch.device, num_threads: int) -> Iterator[None]:
+    """Deterministic algorithms on CPU and an optional thread count, restored afterwards."""
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_threads = torch.get_num_threads()
+    try:
+        if device.type == "cpu":
+            _set_deterministic(True)
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        yield
+    finally:
+        _set_deterministic(prev_det, prev_warn)
+        torch.set_num_threads(prev_threads)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def predict_logits(
+    module: nn.Module, x: torch.Tensor, inputs: str, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Eval-mode logits (float32, on ``device``) for every row of ``x``, no augmentation."""
+    was = module.training
+    module.eval()
+    out = []
+    try:
+        with torch.inference_mode(), _autocast(device):
+            for start in range(0, len(x), batch_size):
+                xb = prepare_batch(module, x[start : start + batch_size], inputs, device)
+                out.append(module(xb).float())
+    finally:
+        module.train(was)
+    return torch.cat(out)
+
+
+def _probs(logits: torch.Tensor) -> np.ndarray:
+    # float64 softmax: rows sum to 1 within ~1e-16, far inside the predictions contract.
+    return torch.softmax(logits.double(), dim=1).cpu().numpy()
+
+
+def _make_scheduler(opt, hp: TrainParams, steps_per_epoch: int):
+    if hp.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=hp.t0)
+
+
+def fit(
+    method: str,
+    data: FitData,
+    hp: TrainParams,
+    *,
+    seed: int,
+    model=None,
+    checkpoint_dir: str | Path | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train ``method`` on ``data`` with hyperparameters ``hp``; return the best-epoch result.
+
+    ``model`` (a :class:`fairxray.models.ClipModel`) is needed by image methods (lora, full_ft),
+    which adapt its image tower in place: pass a fresh one per call. ``checkpoint_dir``: after
+    each epoch, the state needed to resume goes there; a later call with the same arguments
+    resumes from it (a checkpoint from other arguments is discarded). ``on_epoch(epoch,
+    val_score)`` is called after each epoch's checkpoint (Optuna raises ``TrialPruned`` from it).
+    The test split, if given, is predicted once with the selected weights; it never influences
+    training or selection.
+    """
+    check_train_params(hp)
+    meth = adapt.get_method(method)
+    if meth.build is None:
+        raise ValueError(f"method {method!r} does not train; use its own predictions")
+    say = log or (lambda _msg: None)
+    device = resolve_device(hp.device)
+    with _run_context(device, hp.num_threads):
+        return _fit(meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device)
+
+
+@dataclass
+class _Run:
+    """One fit's fixed parts: the module, its optimiser and schedule, the inputs on the device."""
+
+    meth: adapt.Method
+    hp: TrainParams
+    seed: int
+    device: torch.device
+    module: nn.Module
+    gen: torch.Generator
+    opt: torch.optim.Optimizer
+    sched: object
+    x_train: torch.Tensor
+    y_train: torch.Tensor  # CPU: the epoch order is drawn from it
+    y_train_dev: torch.Tensor
+    x_val: torch.Tensor
+    y_val: np.ndarray
+    y_val_dev: torch.Tensor
+    n_classes: int
+    has_lora: bool
+    fingerprint: str = ""
+
+
+def _setup(meth, data: FitData, hp, seed, model, device, fingerprinted: bool) -> _Run:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    in_dim = data.train.features.shape[1] if meth.inputs == "embeddings" else None
+    module = adapt.build(meth.name, n_classes=data.n_classes, hp=hp, model=model, in_dim=in_dim)
+    # Hashing the data costs ~0.1 s per 100 MB: only worth it when there is a checkpoint to match.
+    fp = ck.fingerprint(meth.name, seed, hp, data, module) if fingerprinted else ""
+    module.to(device)
+    if device.type == "cuda" and meth.inputs == "images":
+        module.to(memory_format=torch.channels_last)
+
+    x_train = to_device_inputs(data.train, meth.inputs, device)
+    x_val = to_device_inputs(data.val, meth.inputs, device)
+    y_train = torch.from_numpy(np.array(data.train.labels, dtype=np.int64))  # a copy
+    y_val = np.array(data.val.labels, dtype=np.int64)
+    if len(y_train) < 2:
+        raise UserError("train split: needs at least 2 rows")
+    for name, y in (("train", y_train.numpy()), ("val", y_val)):
+        if y.min() < 0 or y.max() >= data.n_classes:
+            raise UserError(f"{name} split: label_idx outside 0..{data.n_classes - 1}")
+
+    opt_kwargs = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(module.param_groups(hp), weight_decay=hp.weight_decay, **opt_kwargs)
+    steps_per_epoch = len(batches(torch.arange(len(y_train)), hp.batch_size))
+    return _Run(
+        meth=meth,
+        hp=hp,
+        seed=seed,
+        device=device,
+        module=module,
+        gen=gen,
+        opt=opt,
+        sched=_make_scheduler(opt, hp, steps_per_epoch),
+        x_train=x_train,
+        y_train=y_train,
+        y_train_dev=y_train.to(device),
+        x_val=x_val,
+        y_val=y_val,
+        y_val_dev=torch.from_numpy(y_val).to(device),
+        n_classes=data.n_classes,
+        has_lora=bool(lora_parameters(module)),
+        fingerprint=fp,
+    )
+
+
+def _train_epoch(r: _Run, epoch: int) -> tuple[float, int, float]:
+    """One pass over the training split; returns (mean loss, images seen, seconds)."""
+    module, hp, device = r.module, r.hp, r.device
+    module.train()
+    t_start = time.perf_counter()
+    total_loss, seen = torch.zeros((), device=device), 0
+    # The epoch's batch order and augmentation draws cross to the device once, so no batch
+    # waits on a host-to-device copy.
+    chunks = batches(epoch_order(r.y_train, r.n_classes, hp.class_balanced, r.gen), hp.batch_size)
+    order_dev = to_device(torch.cat(chunks), device)
+    draws_dev = None
+    if r.meth.inputs == "images":
+        draws_dev = to_device(augment_draws(len(order_dev), r.gen), device)
+    pos = 0
+    for idx in chunks:
+        idx_dev = order_dev[pos : pos + len(idx)]
+        xb = r.x_train[idx_dev]
+        if draws_dev is not None:
+            xb = augment(xb, hp.augment, draws=draws_dev[pos : pos + len(idx)])
+        pos += len(idx)
+        xb = prepare_batch(module, xb, r.meth.inputs, device)
+        with _autocast(device):
+            logits = module(xb)
+        loss = F.cross_entropy(logits.float(), r.y_train_dev[idx_dev])
+        r.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if r.has_lora and epoch == 1 and seen == 0:
+            problems = lora_gradient_problems(module)
+            if problems:
+                raise RuntimeError(f"LoRA adapters are not training: {problems[:3]}")
+        r.opt.step()
+        r.sched.step()
+        total_loss += loss.detach() * len(idx)
+        seen += len(idx)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return float(total_loss) / max(seen, 1), seen, time.perf_counter() - t_start
+
+
+def _validate(r: _Run, epoch: int, train_loss: float, seen: int, train_seconds: float) -> dict:
+    """The validation loss and selection score after ``epoch``: one history entry."""
+    t_eval = time.perf_counter()
+    logits = predict_logits(r.module, r.x_val, r.meth.inputs, r.hp.embed_batch_size, r.device)
+    val_loss = float(F.cross_entropy(logits, r.y_val_dev))
+    score = selection_score(r.hp.selection, r.y_val, _probs(logits), val_loss)
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_score": score,
+        "lr": float(r.opt.param_groups[0]["lr"]),
+        "train_images": seen,
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - t_eval,
+    }
+
+
+def _select(r: _Run, state: ck.LoopState, entry: dict, ckpt: Path | None, best: dict) -> None:
+    """Keep the epoch if strictly better (ties keep the earlier, less trained one); early stop."""
+    if entry["val_score"] > state.best_score:
+        state.best_score, state.best_epoch, state.since_best = entry["val_score"], entry["epoch"], 0
+        if ckpt is not None:
+            ck.save_best(ckpt, entry["epoch"], r.module)
+        else:
+            best["state"] = ck.cpu_state(r.module)
+    else:
+        state.since_best += 1
+    if r.hp.patience and state.since_best >= r.hp.patience:
+        state.stopped_early = True
+
+
+def _fit(meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device) -> FitResult:
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    r = _setup(meth, data, hp, seed, model, device, fingerprinted=ckpt is not None)
+    label = f"{meth.name} seed {seed}"
+    state = ck.LoopState()
+    if ckpt is not None:
+        state = ck.restore(ckpt, r.fingerprint, label, r.module, r.opt, r.sched, r.gen, device, say)
+    resumed_from = state.epoch
+    best: dict = {}
+    while state.epoch < hp.epochs and not state.stopped_early:
+        state.epoch += 1
+        entry = _validate(r, state.epoch, *_train_epoch(r, state.epoch))
+        state.history.append(entry)
+        _select(r, state, entry, ckpt, best)
+        say(
+            f"{label} epoch {state.epoch}/{hp.epochs}: train loss {entry['train_loss']:.4f}"
+            f"  val loss {entry['val_loss']:.4f}  val {hp.selection} {entry['val_score']:.4f}"
+            f"  ({entry['train_images'] / max(entry['train_seconds'], 1e-9):.0f} img/s)"
+        )
+        if ckpt is not None:
+            ck.save_last(ckpt, r.fingerprint, state, r.module, r.opt, r.sched, r.gen, device)
+        if on_epoch is not None:
+            on_epoch(state.epoch, entry["val_score"])
+    return _finish(r, data, state, ckpt, best, resumed_from)
+
+
+def _finish(r: _Run, data: FitData, state, ckpt, best: dict, resumed_from: int) -> FitResult:
+    """Restore the selected epoch; predict validation and (once) test with it."""
+    if state.best_epoch == 0:
+        # Every epoch's validation score was NaN (a diverged run: NaN loss or features); there is
+        # no epoch to select, and a tuning trial must fail rather than stop the study.
+        raise DivergedError(
+            f"{r.meth.name} seed {r.seed}: no finite validation {r.hp.selection} in any of "
+            f"{len(state.history)} epoch(s) (diverged? try a smaller train.lr)"
+        )
+    module, inputs, bs = r.module, r.meth.inputs, r.hp.embed_batch_size
+    module.load_state_dict(ck.load_best(ckpt, state.best_epoch) if ckpt else best["state"])
+    module.eval()
+    val_probs = _probs(predict_logits(module, r.x_val, inputs, bs, r.device))
+    test_probs = None
+    if data.test is not None:
+        x_test = to_device_inputs(data.test, inputs, r.device)
+        test_probs = _probs(predict_logits(module, x_test, inputs, bs, r.device))
+    return FitResult(
+        method=r.meth.name,
+        module=module,
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_score=state.best_score,
+        selection=r.hp.selection,
+        val_probs=val_probs,
+        test_probs=test_probs,
+        trainable_params=adapt.count_trainable(module),
+        resumed_from=resumed_from,
+        stopped_early=state.stopped_early,
+    )

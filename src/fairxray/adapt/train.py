@@ -1,0 +1,286 @@
+"""The train stage's library side: every seed of one model x method, from the split frames and
+the tuned hyperparameters to weights, config and val/test predictions on disk.
+
+zero_shot trains nothing: it writes the model's zero-shot predictions, so every cell of the grid
+has the same outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from fairxray import adapt, paths
+from fairxray.adapt.fit import (
+    check_train_params,
+    clear_checkpoints,
+    fit,
+    load_fit_data,
+    resolve_device,
+    split_labels,
+)
+from fairxray.config import Params, TrainParams
+from fairxray.errors import UserError
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.yaml"
+
+
+def resolve_train_params(base: TrainParams, tuned_file: str | Path) -> tuple[TrainParams, str]:
+    """``base`` (params.yaml's ``train``) with the ``params:`` overrides of ``tuned_file`` when it
+    exists. Keys are ``TrainParams`` field names; ``augment`` may be a nested mapping or dotted
+    (``augment.flip_p``). Returns the params and where they came from."""
+    import yaml
+
+    from fairxray.config import _build
+
+    tuned_file = Path(tuned_file)
+    if not tuned_file.exists():
+        return base, "params.yaml (train)"
+    try:
+        raw = yaml.safe_load(tuned_file.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{tuned_file}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict):
+        raise UserError(f"{tuned_file}: needs a 'params:' mapping of train hyperparameters")
+    merged = dataclasses.asdict(base)
+    for key, value in raw["params"].items():
+        head, _, rest = str(key).partition(".")
+        if head not in merged:
+            raise UserError(f"{tuned_file}: unknown key 'params.{key}' (not a train parameter)")
+        if rest or isinstance(merged[head], dict):
+            if not isinstance(merged[head], dict):
+                raise UserError(f"{tuned_file}: 'params.{key}': train.{head} has no sub-keys")
+            if rest:
+                merged[head][rest] = value
+            elif isinstance(value, dict):
+                merged[head].update(value)
+            else:
+                raise UserError(f"{tuned_file}: 'params.{key}' must be a mapping")
+        else:
+            merged[head] = value
+    hp = _build(TrainParams, merged, "train", str(tuned_file))
+    check_train_params(hp, str(tuned_file))
+    return hp, str(tuned_file)
+
+
+def prediction_frame(frame, probs: np.ndarray, classes, sensitive):
+    """The predictions contract for one split: ids, label, ``prob_<Class>``, sensitive columns."""
+    from fairxray.metrics.predictions import prob_columns
+
+    out = frame[["image_id", "patient_id", "label_idx"]].reset_index(drop=True).copy()
+    out["label_idx"] = out["label_idx"].astype(np.int64)
+    for col, j in zip(prob_columns(classes), range(probs.shape[1]), strict=True):
+        out[col] = probs[:, j].astype(np.float64)
+    for col in sensitive:
+        if col not in frame.columns:
+            raise UserError(f"split file: missing sensitive column '{col}' (metrics.sensitive)")
+        out[col] = frame[col].to_numpy()
+    return out
+
+
+def save_run(seed_dir: str | Path, module: nn.Module | None, config: dict) -> Path:
+    """``seed_dir/weights.safetensors`` (the trained module's state; none for zero_shot) and
+    ``seed_dir/config.yaml`` (everything needed to rebuild it), written atomically."""
+    import yaml
+    from safetensors.torch import save_model
+
+    seed_dir = Path(seed_dir)
+    tmp = seed_dir.with_name(f".{seed_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if module is not None:
+        save_model(module.to("cpu"), str(tmp / WEIGHTS_FILE))
+    (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.rmtree(seed_dir, ignore_errors=True)
+    os.replace(tmp, seed_dir)
+    return seed_dir
+
+
+def load_trained(
+    seed_dir: str | Path, weights_dir: str | Path | None = None
+) -> tuple[nn.Module, dict]:
+    """Rebuild a trained module from ``save_run``'s folder: the model from the registry (its
+    pretrained weights from ``weights_dir``, random as in training when None), the method's
+    module, then the saved weights, strictly. Returns ``(module in eval mode, config)``."""
+    import yaml
+    from safetensors.torch import load_model
+
+    from fairxray.config import _build
+
+    seed_dir = Path(seed_dir)
+    cfg = yaml.safe_load((seed_dir / CONFIG_FILE).read_text())
+    if cfg.get("inputs") == "none":
+        raise UserError(f"{seed_dir}: method {cfg.get('method')} has no trained weights")
+    hp = _build(TrainParams, cfg["train"], "train", str(seed_dir / CONFIG_FILE))
+    model = None
+    if cfg["inputs"] == "images":
+        from fairxray.models import create
+
+        model = create(cfg["model"], weights_dir)
+    module = adapt.build(
+        cfg["method"], n_classes=len(cfg["classes"]), hp=hp, model=model, in_dim=cfg["in_dim"]
+    )
+    load_model(module, str(seed_dir / WEIGHTS_FILE), strict=True)
+    return module.eval(), cfg
+
+
+# -- the seed loop --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Job:
+    """What every seed of one model x method shares."""
+
+    p: Params
+    model_name: str
+    method: str
+    meth: adapt.Method
+    hp: TrainParams
+    frames: dict
+    classes: list[str]
+    sensitive: list[str]
+    cache: object
+    data: object
+    base: dict
+
+
+def train(
+    p: Params,
+    model_name: str,
+    method: str,
+    seeds: list[int] | tuple[int, ...],
+    device: str | None = None,
+    log=print,
+) -> list[dict]:
+    """Run every seed; return one summary per seed."""
+    job = _job(p, model_name, method, seeds, device, log)
+    run_seed = _zero_shot_seed if job.meth.inputs == "none" else _trained_seed
+    return [run_seed(job, seed, log) for seed in seeds]
+
+
+def _job(p: Params, model_name: str, method: str, seeds, device: str | None, log) -> _Job:
+    import torch
+
+    from fairxray.data.cache import ImageCache
+    from fairxray.data.splits import load_splits
+
+    meth = adapt.get_method(method)
+    check_train_params(p.train, "params.yaml")
+    hp, hp_source = resolve_train_params(p.train, paths.tuned(model_name, method))
+    if device:
+        hp = dataclasses.replace(hp, device=device)
+    if hp.num_threads > 0:
+        torch.set_num_threads(hp.num_threads)
+    classes, sensitive = list(p.data.classes), list(p.metrics.sensitive)
+    frames = load_splits(p.data.protocol)
+    log(
+        f"train: {model_name} x {method}, seeds {list(seeds)}, protocol {p.data.protocol}, "
+        f"hyperparameters from {hp_source}, device {resolve_device(hp.device)}"
+    )
+    cache = None
+    if meth.inputs in ("none", "images"):
+        cache = ImageCache.open(paths.images(p.data.protocol))
+    data = None
+    if meth.inputs != "none":
+        data = load_fit_data(
+            frames,
+            meth.inputs,
+            len(classes),
+            embeddings_dir=paths.embeddings(model_name),
+            cache=cache,
+        )
+    base = {
+        "profile": p.profile,
+        "model": model_name,
+        "method": method,
+        "inputs": meth.inputs,
+        "protocol": p.data.protocol,
+        "classes": classes,
+        "weights_dir": p.data.weights_dir,
+        "random_weights": p.data.weights_dir is None,
+        "hyperparameters_from": hp_source,
+        "train": dataclasses.asdict(hp),
+    }
+    return _Job(p, model_name, method, meth, hp, frames, classes, sensitive, cache, data, base)
+
+
+def _write_predictions(job: _Job, seed: int, split: str, df) -> None:
+    from fairxray.metrics.predictions import write_predictions
+
+    path = paths.prediction_file(job.model_name, job.method, seed, split)
+    write_predictions(df, path, job.classes, job.sensitive)
+
+
+def _zero_shot_seed(job: _Job, seed: int, log) -> dict:
+    from fairxray.adapt import zero_shot
+    from fairxray.models import create
+
+    t0 = time.perf_counter()
+    model = create(job.model_name, job.p.data.weights_dir)
+    dev = resolve_device(job.hp.device)
+    probs = {}
+    for split in ("val", "test"):
+        split_labels(job.frames[split], len(job.classes), f"{split} split")
+        probs[split] = zero_shot.predictions(
+            model,
+            job.cache,
+            job.frames[split],
+            job.classes,
+            job.sensitive,
+            job.hp.embed_batch_size,
+            dev,
+        )
+    config = {**job.base, "seed": seed, "in_dim": None, "trainable_params": 0}
+    save_run(paths.seed_dir(job.model_name, job.method, seed), None, config)
+    for split, df in probs.items():
+        _write_predictions(job, seed, split, df)
+    log(f"train: {job.model_name} x {job.method} seed {seed}: zero-shot predictions written")
+    return {"seed": seed, "seconds": time.perf_counter() - t0}
+
+
+def _trained_seed(job: _Job, seed: int, log) -> dict:
+    from fairxray.models import create
+
+    t0 = time.perf_counter()
+    name, method, data = job.model_name, job.method, job.data
+    model = create(name, job.p.data.weights_dir) if job.meth.inputs == "images" else None
+    ckpt = paths.checkpoints(name, method, seed)
+    result = fit(method, data, job.hp, seed=seed, model=model, checkpoint_dir=ckpt, log=log)
+    in_dim = (
+        int(data.train.features.shape[1])
+        if job.meth.inputs == "embeddings"
+        else model.spec.embed_dim
+    )
+    config = {
+        **job.base,
+        "seed": seed,
+        "in_dim": in_dim,
+        "trainable_params": result.trainable_params,
+        "selection": result.selection,
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+        "stopped_early": result.stopped_early,
+        "resumed_from_epoch": result.resumed_from,
+        "history": result.history,
+    }
+    for split, probs in (("val", result.val_probs), ("test", result.test_probs)):
+        _write_predictions(
+            job, seed, split, prediction_frame(job.frames[split], probs, job.classes, job.sensitive)
+        )
+    save_run(paths.seed_dir(name, method, seed), result.module, config)
+    # The outputs are complete: the checkpoints served only an interrupted run.
+    clear_checkpoints(ckpt)
+    seconds = time.perf_counter() - t0
+    log(
+        f"train: {name} x {method} seed {seed}: best epoch {result.best_epoch} "
+        f"(val {result.selection} {result.best_score:.4f}), {result.trainable_params:,} trainable "
+        f"parameters, {seconds:.1f} s -> {paths.seed_dir(name, method, seed)}"
+    )
+    return {"seed": seed, "best_epoch": result.best_epoch, "seconds": seconds}

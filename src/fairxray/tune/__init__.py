@@ -1,0 +1,71 @@
+"""Optuna tuning of each model x method: the search space, storage, one trial's objective and the resumable study."""
+
+from fairxray.tune.objective import (
+    TuneData,
+    fairness_gap,
+    load_tune_data,
+    make_objective,
+    objective_value,
+)
+from fairxray.tune.space import (
+    OBJECTIVES,
+    PRUNERS,
+    Dim,
+    apply_overrides,
+    check_tune_params,
+    sampler_seed,
+    search_space,
+    suggest,
+)
+from fairxray.tune.storage import (
+    HEARTBEAT_S,
+    make_storage,
+    redact,
+    storage_url,
+)
+from fairxray.tune.study import (
+    FORMAT,
+    choose_pareto,
+    counted_states,
+    inputs_sha256,
+    n_finished,
+    nothing_to_tune,
+    settings,
+    study_name,
+    summarise,
+    trial_record,
+    tune,
+    write_tuned,
+)
+
+__all__ = [
+    "Dim",
+    "FORMAT",
+    "HEARTBEAT_S",
+    "OBJECTIVES",
+    "PRUNERS",
+    "TuneData",
+    "apply_overrides",
+    "check_tune_params",
+    "choose_pareto",
+    "counted_states",
+    "fairness_gap",
+    "inputs_sha256",
+    "load_tune_data",
+    "make_objective",
+    "make_storage",
+    "n_finished",
+    "nothing_to_tune",
+    "objective_value",
+    "redact",
+    "sampler_seed",
+    "search_space",
+    "settings",
+    "storage_url",
+    "study_name",
+    "suggest",
+    "summarise",
+    "trial_record",
+    "tune",
+    "write_tuned",
+]
