@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 2: set up (scripts/install.sh) and run the checks: ruff, hadolint on the
 # Dockerfile, and pytest including the slow end-to-end `dvc repro` smoke test (GPU tests skip
-# without CUDA). `scripts/test.sh -m "not slow"` runs the fast unit tests only.
+# without CUDA). `scripts/test.sh -m "not slow"` runs the fast unit tests only; other pytest arguments keep
+# the "not gpu" default.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -18,5 +19,11 @@ fi
 
 ruff check src tests benchmarks
 [ -f Dockerfile ] && hadolint Dockerfile
-if [ $# -eq 0 ]; then set -- -m "not gpu"; fi
+# The default marker selection is "not gpu" (slow tests included), also when other pytest
+# arguments are given; an explicit -m replaces it.
+has_marker=false
+for arg in "$@"; do
+  case "$arg" in -m | -m*) has_marker=true ;; esac
+done
+if [ "$has_marker" = false ]; then set -- -m "not gpu" "$@"; fi
 python -m pytest "$@"

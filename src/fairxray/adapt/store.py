@@ -117,7 +117,7 @@ def embed(
     """Encode the union of the splits' images once; write one file per split; return the manifest."""
     import torch
 
-    from fairxray.adapt.fit import check_train_params, resolve_device
+    from fairxray.adapt.fit.settings import check_train_params, resolve_device
     from fairxray.data.splits import load_splits
     from fairxray.models import create
     from fairxray.models.registry import require_weights

@@ -11,16 +11,18 @@ from fairxray.adapt.fit.inputs import (
     split_labels,
 )
 from fairxray.adapt.fit.loop import (
+    DivergedError,
+    FitResult,
+    fit,
+    predict_logits,
+    selection_score,
+)
+from fairxray.adapt.fit.settings import (
     DEVICES,
     SCHEDULERS,
     SELECTIONS,
-    DivergedError,
-    FitResult,
     check_train_params,
-    fit,
-    predict_logits,
     resolve_device,
-    selection_score,
 )
 
 __all__ = [
