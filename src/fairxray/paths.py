@@ -44,8 +44,13 @@ def embeddings(model: str) -> Path:
 
 
 def tuned(model: str, method: str) -> Path:
-    """``tuned/<model>/<method>.yaml``: best hyperparameters and a study summary, read by train."""
+    """``tuned/<model>/<method>.yaml``: the chosen hyperparameters, read by train."""
     return TUNED / model / f"{method}.yaml"
+
+
+def tuned_study(model: str, method: str) -> Path:
+    """``tuned/<model>/<method>.study.yaml``: the study behind them (trials, counts, settings)."""
+    return TUNED / model / f"{method}.study.yaml"
 
 
 def study_db() -> Path:

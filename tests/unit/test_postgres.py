@@ -137,5 +137,5 @@ def test_two_workers_share_one_study(postgres, tmp_path):
     # Own sampler seeds: no two trials drew the same learning rate.
     lrs = [t.params["lr"] for t in finished]
     assert len(set(lrs)) == len(lrs)
-    tuned = yaml.safe_load((tmp_path / "tuned" / "toy" / "lora.yaml").read_text())
+    tuned = yaml.safe_load((tmp_path / "tuned" / "toy" / "lora.study.yaml").read_text())
     assert tuned["study"]["name"] == names[0] and "postgresql" in tuned["study"]["storage"]

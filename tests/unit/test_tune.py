@@ -5,6 +5,7 @@ an interruption keeps finished trials, settings-hashed study names)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,6 +26,8 @@ from fairxray.tune import (
     study_name,
     tune,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tp(params, **space):
@@ -336,5 +339,80 @@ def test_killed_tune_process_resumes(tmp_path):
     assert f"{len(kept)} finished trial(s) kept, {5 - len(kept)} to run" in rerun.stdout
     after = finished()
     assert len(after) == 5 and after[: len(kept)] == kept
-    tuned = yaml.safe_load((tmp_path / "tuned" / "toy" / "lora.yaml").read_text())
+    tuned = yaml.safe_load((tmp_path / "tuned" / "toy" / "lora.study.yaml").read_text())
     assert sum(tuned["study"]["counts"].get(s, 0) for s in ("complete", "pruned")) == 5
+
+
+# -- workers, n_trials and the tuned file -----------------------------------------------------
+
+
+def _draws(sampler_factory, n_workers: int, per_worker: int) -> list[tuple]:
+    """Workers alternate asking trials of one study, each with its own sampler built alike (as
+    two `fairxray tune` processes started with the same flags); returns the drawn points."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name="s", storage=storage)
+    workers = [
+        optuna.load_study(study_name="s", storage=storage, sampler=sampler_factory())
+        for _ in range(n_workers)
+    ]
+    points = []
+    for _ in range(per_worker):
+        for study in workers:
+            t = study.ask()
+            x = (t.suggest_float("lr", 1e-4, 1e-1, log=True), t.suggest_int("rank", 2, 16))
+            study.tell(t, x[0])
+            points.append(x)
+    return points
+
+
+def test_workers_started_alike_never_draw_the_same_point():
+    import optuna
+
+    from fairxray.tune.space import make_sampler
+
+    # The plain seeded TPE sampler of each worker repeats the other's draws (the defect)...
+    same = _draws(lambda: optuna.samplers.TPESampler(seed=7, n_startup_trials=4), 2, 2)
+    assert same[0] == same[1]
+    # ...the per-trial seeded one does not, and a single worker stays reproducible.
+    pts = _draws(lambda: make_sampler(7, 4), 2, 3)
+    assert len(set(pts)) == len(pts)
+    assert _draws(lambda: make_sampler(7, 4), 1, 4) == _draws(lambda: make_sampler(7, 4), 1, 4)
+
+
+def test_a_lower_n_trials_uses_the_first_trials_by_number(project):
+    logs = []
+    full = tune(project, "toy", "lora", n_trials=3, log=logs.append)
+    first2 = tune(project, "toy", "lora", n_trials=2, log=logs.append)
+    assert [t["number"] for t in first2["study"]["trials"]] == [0, 1]
+    assert first2["study"]["trials_in_study"] == 3
+    assert first2["study"]["trials"] == full["study"]["trials"][:2]
+    best = max(first2["study"]["trials"], key=lambda t: (t["values"][0], -t["number"]))
+    assert first2["best_trial"] == best["number"] and first2["params"] == best["params"]
+    assert any("uses the first 2 by number" in m for m in logs)
+
+
+def test_train_reads_only_the_chosen_params(project):
+    import yaml
+
+    tune(project, "toy", "lora", n_trials=2, log=_quiet)
+    params_file = paths.tuned("toy", "lora")
+    before = params_file.read_bytes()
+    study = yaml.safe_load(paths.tuned_study("toy", "lora").read_text())
+    assert study["study"]["n_trials"] == 2
+    # The same choice under other study settings (here: a larger n_trials whose extra trial
+    # does not win is simulated by rewriting the summary) leaves train's input byte-identical.
+    from fairxray.tune import tuned_params, write_tuned
+
+    study["study"]["n_trials"] = 30
+    study["study"]["trials"] = study["study"]["trials"] + [{"number": 2, "state": "pruned"}]
+    write_tuned(params_file, tuned_params(study))
+    assert params_file.read_bytes() == before
+    assert set(yaml.safe_load(before)) <= {"format", "model", "method", "tuned", "reason", "params"}
+    # train's DVC dependency is that file alone; the study summary is no dependency of train.
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    deps = stages["stages"]["train"]["deps"]
+    assert "tuned/${item.model}/${item.method}.yaml" in deps
+    assert not [d for d in deps if "study" in str(d)]

@@ -373,9 +373,9 @@ def track(
     for r in old:
         cl.set_tag(r.info.run_id, CURRENT, "false")
 
-    tuned = paths.tuned(model, method)
-    if tuned.exists():
-        cl.log_artifact(parent, str(tuned), "tuned")
+    for tuned in (paths.tuned(model, method), paths.tuned_study(model, method)):
+        if tuned.exists():
+            cl.log_artifact(parent, str(tuned), "tuned")
 
     now = int(time.time() * 1000)
     runs = {

@@ -1,42 +1,49 @@
 """Optuna tuning of each model x method: the search space, storage, one trial's objective and the resumable study."""
 
-from fairxray.tune.objective import (
-    TuneData,
-    fairness_gap,
-    load_tune_data,
-    make_objective,
-    objective_value,
-)
 from fairxray.tune.space import (
     OBJECTIVES,
     PRUNERS,
     Dim,
-    apply_overrides,
-    check_tune_params,
-    sampler_seed,
     search_space,
+    check_tune_params,
+    apply_overrides,
     suggest,
+    trial_seed,
+    make_sampler,
 )
+
 from fairxray.tune.storage import (
     HEARTBEAT_S,
-    make_storage,
-    redact,
     storage_url,
+    redact,
+    make_storage,
 )
+
+from fairxray.tune.objective import (
+    objective_value,
+    TuneData,
+    load_tune_data,
+    fairness_gap,
+    make_objective,
+)
+
 from fairxray.tune.study import (
     FORMAT,
-    choose_pareto,
-    counted_states,
     inputs_sha256,
-    n_finished,
-    nothing_to_tune,
     settings,
     study_name,
-    summarise,
+    counted_states,
+    n_finished,
+    counted_trials,
+    choose_pareto,
     trial_record,
-    tune,
+    summarise,
+    nothing_to_tune,
+    tuned_params,
     write_tuned,
+    tune,
 )
+
 
 __all__ = [
     "Dim",
@@ -49,16 +56,17 @@ __all__ = [
     "check_tune_params",
     "choose_pareto",
     "counted_states",
+    "counted_trials",
     "fairness_gap",
     "inputs_sha256",
     "load_tune_data",
     "make_objective",
+    "make_sampler",
     "make_storage",
     "n_finished",
     "nothing_to_tune",
     "objective_value",
     "redact",
-    "sampler_seed",
     "search_space",
     "settings",
     "storage_url",
@@ -66,6 +74,8 @@ __all__ = [
     "suggest",
     "summarise",
     "trial_record",
+    "trial_seed",
     "tune",
+    "tuned_params",
     "write_tuned",
 ]

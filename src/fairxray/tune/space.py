@@ -1,4 +1,4 @@
-"""The search space of a study: one :class:`Dim` per searched train parameter of ``tune.space.<method>``, validated against ``TrainParams``; sampler seeds per worker."""
+"""The search space of a study: one :class:`Dim` per searched train parameter of ``tune.space.<method>``, validated against ``TrainParams``; the sampler, seeded per trial."""
 
 from __future__ import annotations
 
@@ -127,10 +127,25 @@ def suggest(trial, dims: Sequence[Dim]) -> dict[str, Any]:
     return out
 
 
-def sampler_seed(seed: int, worker: int, existing_trials: int) -> int:
-    """The TPE seed of one run: ``seed`` itself for worker 0 of a fresh study (reproducible),
-    a different stream per worker and per resume point otherwise. A resumed run seeded like the
-    first one would redraw the very points the study already holds."""
-    if worker == 0 and existing_trials == 0:
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number``: ``seed`` itself for trial 0, an independent stream
+    for every later number. A trial's draws then depend only on ``tune.seed``, its number and the
+    trials before it: two workers (which get different trial numbers from the storage) never draw
+    alike whatever their ``--worker``, and a resumed study continues as an uninterrupted one."""
+    if number == 0:
         return seed
-    return int(np.random.SeedSequence([seed, worker, existing_trials]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def make_sampler(seed: int, startup_trials: int):
+    """TPE reseeded before each trial from :func:`trial_seed` (its random startup draws too)."""
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.TPESampler):
+        def before_trial(self, study, trial) -> None:
+            s = trial_seed(seed, trial.number)
+            self._rng.rng.seed(s)
+            self._random_sampler._rng.rng.seed(s)
+            super().before_trial(study, trial)
+
+    return TrialSeededTPE(seed=seed, n_startup_trials=startup_trials)

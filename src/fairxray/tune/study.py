@@ -36,7 +36,7 @@ from fairxray.config import Params
 from fairxray.data.splits import manifest_sha256
 from fairxray.errors import UserError
 from fairxray.tune.objective import TuneData, load_tune_data, make_objective
-from fairxray.tune.space import check_tune_params, sampler_seed, search_space
+from fairxray.tune.space import check_tune_params, make_sampler, search_space
 from fairxray.tune.storage import make_storage, redact, storage_url
 
 FORMAT = 1
@@ -82,7 +82,8 @@ def settings(p: Params, model: str, method: str) -> dict:
         "protocol": p.data.protocol,
         "data_manifest_sha256": manifest_sha256(p.data.protocol),
         "inputs_sha256": inputs_sha256(p, model, method),
-        "weights_dir": p.data.weights_dir,
+        # No folder paths: a moved or re-cloned project keeps its studies. The weights are
+        # identified by content (inputs_sha256 hashes the built model or its embeddings).
         "train": dataclasses.asdict(p.train),
         "space": tp.space.get(method) or {},
         "objective": tp.objective,
@@ -107,6 +108,28 @@ def counted_states() -> tuple:
 
 def n_finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=counted_states()))
+
+
+def _in_flight_states() -> tuple:
+    from optuna.trial import TrialState
+
+    return (*counted_states(), TrialState.RUNNING)
+
+
+def counted_trials(study, n_trials: int) -> list:
+    """The first ``n_trials`` finished trials by number: what a study of ``n_trials`` holds."""
+    done = sorted(study.get_trials(deepcopy=False, states=counted_states()), key=lambda t: t.number)
+    return done[:n_trials]
+
+
+def _pareto_front(complete: Sequence) -> list:
+    """The non-dominated trials of (maximise values[0], minimise values[1])."""
+
+    def dominates(a, b) -> bool:
+        (a0, a1), (b0, b1) = a.values, b.values
+        return a0 >= b0 and a1 <= b1 and (a0 > b0 or a1 < b1)
+
+    return [t for t in complete if not any(dominates(o, t) for o in complete if o is not t)]
 
 
 def choose_pareto(front: Sequence, max_cost: float):
@@ -134,12 +157,16 @@ def trial_record(t) -> dict:
     }
 
 
-def summarise(study, p: Params, model: str, method: str, settings_: dict, url: str) -> dict:
-    """The content of ``tuned/<model>/<method>.yaml``: the chosen params and the study."""
+def summarise(
+    study, p: Params, model: str, method: str, settings_: dict, url: str, n_trials: int | None = None
+) -> dict:
+    """The chosen params and the study, from its first ``n_trials`` finished trials by number
+    (default ``tune.n_trials``): a study holding more (an earlier, larger ``n_trials``, or a
+    second worker finishing last) gives the same result as one that stopped there."""
     from optuna.trial import TrialState
 
     tp = p.tune
-    trials = study.get_trials(deepcopy=False)
+    trials = counted_trials(study, n_trials or tp.n_trials)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
@@ -154,7 +181,7 @@ def summarise(study, p: Params, model: str, method: str, settings_: dict, url: s
         "objective": tp.objective,
     }
     if tp.multi_objective:
-        front = sorted(study.best_trials, key=lambda t: t.number)
+        front = sorted(_pareto_front(complete), key=lambda t: t.number)
         chosen = choose_pareto(front, tp.max_cost)
         out["multi_objective"] = {
             "fairness_key": tp.fairness_key,
@@ -177,7 +204,8 @@ def summarise(study, p: Params, model: str, method: str, settings_: dict, url: s
         out["best_value"] = float(chosen.values[0])
         out["best_fairness_gap"] = float(chosen.values[1])
     else:
-        chosen = study.best_trial
+        # Highest value; ties go to the earlier trial (as Optuna's best_trial).
+        chosen = max(complete, key=lambda t: (t.value, -t.number))
         out["best_trial"] = chosen.number
         out["best_value"] = float(chosen.value)
     out["best_epoch"] = chosen.user_attrs.get("best_epoch")
@@ -185,11 +213,12 @@ def summarise(study, p: Params, model: str, method: str, settings_: dict, url: s
     out["study"] = {
         "name": study.study_name,
         "storage": redact(url),
-        "n_trials": tp.n_trials,
+        "n_trials": n_trials or tp.n_trials,
+        "trials_in_study": n_finished(study),
         "counts": {k: v for k, v in counts.items() if v},
         "sampler": (
-            f"TPE seeded from tune.seed {tp.seed}, the worker and the trials already in the "
-            f"study; {tp.startup_trials} random startup trials"
+            f"TPE reseeded per trial from tune.seed {tp.seed} and the trial number; "
+            f"{tp.startup_trials} random startup trials"
         ),
         "pruner": tp.pruner,
         "train_seed": p.seeds[0],
@@ -208,6 +237,14 @@ def nothing_to_tune(model: str, method: str, reason: str) -> dict:
         "reason": reason,
         "params": {},
     }
+
+
+def tuned_params(content: dict) -> dict:
+    """What ``train`` reads (and DVC hashes as its dependency): the chosen hyperparameters only,
+    so a rerun of tune that chooses the same ones (more trials, another storage) retrains
+    nothing. The study summary goes to ``tuned/<model>/<method>.study.yaml``."""
+    keep = ("format", "model", "method", "tuned", "reason", "params")
+    return {k: content[k] for k in keep if k in content}
 
 
 def write_tuned(path: str | Path, content: dict) -> Path:
@@ -277,8 +314,7 @@ def tune(
             directions=directions,
             load_if_exists=True,
         )
-        seed = sampler_seed(tp.seed, worker, len(study.get_trials(deepcopy=False)))
-        study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=tp.startup_trials)
+        study.sampler = make_sampler(tp.seed, tp.startup_trials)
         if "settings" not in study.user_attrs:
             study.set_user_attr("settings", st)
         done = n_finished(study)
@@ -287,17 +323,25 @@ def tune(
             f"tune: study {name} in {redact(url)}: {done} finished trial(s) kept, "
             f"{remaining} to run (n_trials {target}), worker {worker}"
         )
+        if done > target:
+            log(
+                f"tune: {name}: the study holds {done} finished trials; the result uses the "
+                f"first {target} by number (tune.n_trials {target})"
+            )
         if remaining:
             if data is None:
                 data = load_tune_data(p, model, method)
             objective = make_objective(p, method, dims, data, worker=worker, log=log)
-            stop = optuna.study.MaxTrialsCallback(target, states=counted_states())
+            # Trials in flight in other workers count too, so workers sharing a study stop
+            # together at n_trials; a rare overshoot is harmless (the first n_trials are used).
+            stop = optuna.study.MaxTrialsCallback(target, states=_in_flight_states())
             study.optimize(objective, n_trials=remaining, callbacks=[stop, *callbacks])
-        content = summarise(study, p, model, method, st, url)
+        content = summarise(study, p, model, method, st, url, target)
         log(
             f"tune: {name}: best trial {content['best_trial']} val {tp.objective} "
             f"{content['best_value']:.4f} -> {out_path}"
         )
     if write:
-        write_tuned(out_path, content)
+        write_tuned(paths.tuned_study(model, method), content)
+        write_tuned(out_path, tuned_params(content))
     return content
