@@ -305,7 +305,9 @@ def grid_row(args, model_name, method, n_classes, embed_s, tmp: Path) -> dict:
     px, y = pixels(args.grid_n_train, args.size, n_classes, 0)
     vpx, vy = pixels(args.grid_n_val, args.size, n_classes, 1)
     tpx, ty = pixels(args.grid_n_test, args.size, n_classes, 2)
+    t_build = time.perf_counter()
     model = create(model_name)
+    build_s = time.perf_counter() - t_build
     if adapt.get_method(method).inputs == "embeddings":
         feats = {
             k: np.random.default_rng(i).standard_normal((n, model.spec.embed_dim)).astype("f4")
@@ -314,7 +316,7 @@ def grid_row(args, model_name, method, n_classes, embed_s, tmp: Path) -> dict:
         splits = [
             SplitInputs(lab, features=feats[k]) for k, lab in zip(feats, (y, vy, ty), strict=True)
         ]
-        model = None
+        model, build_s = None, 0.0  # the `train` stage builds no model for embedding methods
     else:
         splits = [
             SplitInputs(y, pixels=px),
@@ -322,18 +324,30 @@ def grid_row(args, model_name, method, n_classes, embed_s, tmp: Path) -> dict:
             SplitInputs(ty, pixels=tpx),
         ]
     data = FitData(n_classes, *splits)
-    t0 = time.perf_counter()
-    res = fit(method, data, hp, seed=0, model=model, checkpoint_dir=tmp / f"{model_name}-{method}")
-    wall = time.perf_counter() - t0
-    per = [h["train_seconds"] + h["eval_seconds"] for h in res.history]
-    epoch_s = statistics.mean(per[1:] or per)
+    # Wall-clock stamps after each epoch's checkpoint (``on_epoch`` runs after it): an epoch's
+    # cost includes validation, selection and writing the checkpoint, as in the `train` stage.
+    stamps = [time.perf_counter()]
+    res = fit(
+        method,
+        data,
+        hp,
+        seed=0,
+        model=model,
+        checkpoint_dir=tmp / f"{model_name}-{method}",
+        on_epoch=lambda _e, _s: stamps.append(time.perf_counter()),
+    )
+    end = time.perf_counter()
+    walls = np.diff(stamps)
+    steady = float(np.mean(walls[1:] if len(walls) > 1 else walls))
+    compute = [h["train_seconds"] + h["eval_seconds"] for h in res.history]
     return {
         "model": model_name,
         "method": method,
-        "epochs_measured": len(per),
-        "epoch_seconds": round(epoch_s, 4),
-        "first_epoch_seconds": round(per[0], 4),
-        "fixed_seconds": round(wall - sum(per), 4),  # build, copies, checkpoints' rest, predictions
+        "epochs_measured": len(walls),
+        "epoch_seconds": round(steady, 4),  # train + validation + checkpoint, steady state
+        "epoch_train_val_seconds": round(float(np.mean(compute[1:] or compute)), 4),
+        "first_epoch_seconds": round(build_s + float(walls[0]), 4),  # + model build, setup
+        "fixed_seconds": round(end - stamps[-1], 4),  # best weights restored, val + test predicted
         "embed_seconds": round(embed_s, 4) if model is None else 0.0,
     }
 
@@ -343,21 +357,28 @@ def run_seconds(row: dict, epochs: int) -> float:
     return row["fixed_seconds"] + row["first_epoch_seconds"] + (epochs - 1) * row["epoch_seconds"]
 
 
-def project(rows: list[dict], args, tp) -> dict:
+def project(rows: list[dict], args, tp, start_s: float = 0.0) -> dict:
     """Paper grid: models x methods x seeds runs of ``full_epochs`` plus one embedding pass per
     model. Tuned grid: per pair ``trials`` trials, then the seeds' final runs. A pruned trial runs
     ``pruner_warmup_epochs + 1`` epochs (the first epoch it may be stopped at); the first
     ``pruner_startup_trials`` never are. Two bounds: no trial pruned (upper), and every trial that
-    may be pruned pruned at its first chance (lower); a median pruner lands between them."""
+    may be pruned pruned at its first chance (lower); a median pruner lands between them.
+    ``start_s``: one stage process's start (imports); the paper grid starts one `embed` per model
+    and one `train` and one `evaluate` per pair, the tuned grid one `tune` more per pair."""
     e = args.grid_full_epochs
     embed = {r["model"]: r["embed_seconds"] for r in rows if r["embed_seconds"]}
     paper = sum(args.grid_seeds * run_seconds(r, e) for r in rows) + sum(embed.values())
+    paper += start_s * (len(embed) + 2 * len(rows))
     startup = min(tp.pruner_startup_trials, args.tune_trials)
     pruned_e = min(tp.pruner_warmup_epochs + 1, e)
-    upper = paper + sum(args.tune_trials * run_seconds(r, e) for r in rows)
-    lower = paper + sum(
-        startup * run_seconds(r, e) + (args.tune_trials - startup) * run_seconds(r, pruned_e)
-        for r in rows
+    upper = paper + start_s * len(rows) + sum(args.tune_trials * run_seconds(r, e) for r in rows)
+    lower = (
+        paper
+        + start_s * len(rows)
+        + sum(
+            startup * run_seconds(r, e) + (args.tune_trials - startup) * run_seconds(r, pruned_e)
+            for r in rows
+        )
     )
     return {
         "runs": len(rows) * args.grid_seeds,
@@ -369,7 +390,10 @@ def project(rows: list[dict], args, tp) -> dict:
         "tuned_grid_minutes_no_pruning": round(upper / 60, 2),
         "tuned_grid_minutes_all_prunable_pruned": round(lower / 60, 2),
         "pruned_trial_epochs": pruned_e,
-        "includes": "paper grid + tuning trials + per-model embedding; checkpoints every epoch",
+        "stage_process_start_seconds": round(start_s, 2),
+        "includes": "per run: model build, every epoch's training, validation and checkpoint, "
+        "the final validation and test predictions; per model: one embedding pass; per stage: "
+        "process start. Not included: the image cache, bootstrap evaluation, export, report",
     }
 
 
@@ -542,7 +566,15 @@ def grid(args, out, budget, tmp: Path, n_classes, device, tp) -> None:
             )
     done = [r for r in out["grid"] if "epoch_seconds" in r]
     if len(done) == len(args.grid_models) * len(TRAINED):
-        out["projection"] = project(done, args, tp)
+        out["projection"] = project(done, args, tp, stage_start_seconds())
+
+
+def stage_start_seconds() -> float:
+    """Seconds a fresh Python takes to import the `train` and `tune` stages (torch included)."""
+    t0 = time.perf_counter()
+    code = "import fairxray.stages.train, fairxray.stages.tune"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+    return time.perf_counter() - t0
 
 
 def imported_distributions() -> dict:

@@ -76,11 +76,15 @@ def test_projection_recomputed_by_hand(tiny):
     run = [r["fixed_seconds"] + r["first_epoch_seconds"] + 99 * r["epoch_seconds"] for r in rows]
     embed = max(r["embed_seconds"] for r in rows)  # one model (toy): its embedding, once
     assert embed > 0 and sum(r["embed_seconds"] > 0 for r in rows) == 2  # linear_probe, mlp
-    paper = 3 * sum(run) + embed
+    start = proj["stage_process_start_seconds"]
+    assert start > 0
+    paper = 3 * sum(run) + embed + start * (1 + 2 * 4)  # embed once; train, evaluate per pair
     assert proj["paper_grid_minutes"] == pytest.approx(paper / 60, abs=0.006)
     assert proj["tuned_grid_minutes_no_pruning"] == pytest.approx(
-        (paper + 20 * sum(run)) / 60, abs=0.006
+        (paper + 4 * start + 20 * sum(run)) / 60, abs=0.006
     )
+    for r in rows:  # an epoch's wall time holds its training and validation (and checkpoint)
+        assert r["epoch_seconds"] >= r["epoch_train_val_seconds"] > 0
     assert proj["runs"] == 12 and proj["pairs"] == 4
     t = tiny["targets"]
     assert t["paper_grid_minutes"]["value"] == proj["paper_grid_minutes"]
