@@ -41,9 +41,10 @@ fi
 
 if ! "$PY" -c "$check" 2>/dev/null; then
   venv="${FAIRXRAY_GPU_VENV:-/tmp/fairxray-gpu-venv}"
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "$check" 2>/dev/null; then
-    echo "gpu.sh: installing the benchmark's pins from requirements.lock into $venv" >&2
-    "$PY" -m venv "$venv"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$check" 2>/dev/null; then
+    PY="$venv/bin/python"
+  else
+    echo "gpu.sh: installing the benchmark's pins from requirements.lock" >&2
     pins=$("$PY" - "$DISTS" <<'PYEOF'
 import re, sys
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
@@ -62,11 +63,17 @@ if want:
 print(" ".join(out))
 PYEOF
 )
-    # shellcheck disable=SC2086
-    "$venv/bin/python" -m pip install --quiet --no-deps $pins
+    if "$PY" -m venv "$venv" 2>/dev/null && "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+      PY="$venv/bin/python"
+      # shellcheck disable=SC2086
+      "$PY" -m pip install --quiet --no-deps $pins
+    else  # no venv module (e.g. Debian without python3-venv): a plain target folder
+      # shellcheck disable=SC2086
+      "$PY" -m pip install --quiet --no-deps --target "$venv/site" $pins
+      export PYTHONPATH="$venv/site:$PYTHONPATH"
+    fi
   fi
-  PY="$venv/bin/python"
-  "$PY" -c "$check" || { echo "gpu.sh: no CUDA device visible to torch" >&2; exit 1; }
+  "$PY" -c "$check" || { echo "gpu.sh: torch sees no CUDA device (or an import failed)" >&2; exit 1; }
 fi
 
 budget=$(( ${FAIRXRAY_GPU_BUDGET_S:-480} - ($(date +%s) - start) - 60 ))
