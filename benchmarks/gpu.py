@@ -380,12 +380,18 @@ def project(rows: list[dict], args, tp, start_s: float = 0.0) -> dict:
             for r in rows
         )
     )
+    no_ckpt = [{**r, "epoch_seconds": r["epoch_train_val_seconds"]} for r in rows]
+    paper_no_ckpt = paper - sum(
+        args.grid_seeds * (run_seconds(r, e) - run_seconds(q, e))
+        for r, q in zip(rows, no_ckpt, strict=True)
+    )
     return {
         "runs": len(rows) * args.grid_seeds,
         "pairs": len(rows),
         "epochs": e,
         "seeds": args.grid_seeds,
         "paper_grid_minutes": round(paper / 60, 2),
+        "paper_grid_minutes_if_checkpoints_were_free": round(paper_no_ckpt / 60, 2),
         "tune_trials_per_pair": args.tune_trials,
         "tuned_grid_minutes_no_pruning": round(upper / 60, 2),
         "tuned_grid_minutes_all_prunable_pruned": round(lower / 60, 2),

@@ -100,7 +100,8 @@ def test_project_hand_worked_pruning_bounds():
     """Two pairs, 10 epochs, 2 seeds, 5 trials, 1 startup trial, warm-up 2 (pruned trials run 3
     epochs). Pair a: 1 + 2 + 9 x 0.5 = 7.5 s a run, 1 + 2 + 2 x 0.5 = 4 s pruned; pair b: 2 + 1
     + 9 x 1 = 12 s, 2 + 1 + 2 x 1 = 5 s pruned; embedding 6 s. Paper grid 2 x 19.5 + 6 = 45 s;
-    no pruning 45 + 5 x 19.5 = 142.5 s; all prunable pruned 45 + 19.5 + 4 x 9 = 100.5 s."""
+    no pruning 45 + 5 x 19.5 = 142.5 s; all prunable pruned 45 + 19.5 + 4 x 9 = 100.5 s. With
+    checkpoints free (steady epochs 0.25 and 0.5 s): 2 x (5.25 + 7.5) + 6 = 31.5 s."""
     gpu = _gpu_module()
     rows = [
         {
@@ -108,6 +109,7 @@ def test_project_hand_worked_pruning_bounds():
             "fixed_seconds": 1.0,
             "first_epoch_seconds": 2.0,
             "epoch_seconds": 0.5,
+            "epoch_train_val_seconds": 0.25,
             "embed_seconds": 6.0,
         },
         {
@@ -115,6 +117,7 @@ def test_project_hand_worked_pruning_bounds():
             "fixed_seconds": 2.0,
             "first_epoch_seconds": 1.0,
             "epoch_seconds": 1.0,
+            "epoch_train_val_seconds": 0.5,
             "embed_seconds": 0.0,
         },
     ]
@@ -130,6 +133,7 @@ def test_project_hand_worked_pruning_bounds():
     assert proj["tuned_grid_minutes_no_pruning"] == round(142.5 / 60, 2)
     assert proj["tuned_grid_minutes_all_prunable_pruned"] == round(100.5 / 60, 2)
     assert proj["pruned_trial_epochs"] == 3
+    assert proj["paper_grid_minutes_if_checkpoints_were_free"] == round(31.5 / 60, 2)
 
 
 def test_budget_exhausted_marks_rows_skipped(capsys):
