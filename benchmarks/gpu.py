@@ -62,10 +62,16 @@ PAPER_AUG = "RandomVerticalFlip(0.3), RandomHorizontalFlip(0.3), RandomRotation(
 
 
 class Budget:
-    """Wall-clock budget: ``ok()`` is False once ``seconds`` have passed since the start."""
+    """Wall-clock budget: ``ok()`` is False once ``seconds`` have passed since the start.
+    ``save()`` writes the JSON so far (``"complete": false``) to ``path``, so a run killed by an
+    outer timeout still leaves every finished measurement behind."""
 
-    def __init__(self, seconds: float):
-        self.t0, self.seconds = time.perf_counter(), seconds
+    def __init__(self, seconds: float, path: str | None = None):
+        self.t0, self.seconds, self.path, self.out = time.perf_counter(), seconds, path, {}
+
+    def save(self, complete: bool = False) -> None:
+        if self.path:
+            write_json(self.path, {**self.out, "complete": complete})
 
     def ok(self) -> bool:
         return time.perf_counter() - self.t0 < self.seconds
@@ -74,7 +80,7 @@ class Budget:
         return round(time.perf_counter() - self.t0, 1)
 
 
-def paper_train(params_path: str) -> dict:
+def paper_train() -> dict:
     """The paper profile's ``train`` section (profiles/paper.yaml), as overrides."""
     from ruamel.yaml import YAML
 
@@ -83,7 +89,7 @@ def paper_train(params_path: str) -> dict:
 
 def train_params(args, **over):
     p = load_params(args.params)
-    base = {k: v for k, v in paper_train(args.params).items() if k != "augment"}
+    base = {k: v for k, v in paper_train().items() if k != "augment"}
     return dataclasses.replace(
         p.train, **{**base, "device": args.device, "num_threads": args.threads, **over}
     )
@@ -275,6 +281,7 @@ def embed_row(args, model_name, device) -> dict:
     encode_cache(model, cache, ids, args.embed_batch, device, normalize=False)
     e2e = len(ids) / (time.perf_counter() - t0)
     x = model.preprocess(torch.from_numpy(px[: args.embed_batch]).to(device))
+    model.eval()  # as encode_cache runs it
     with torch.inference_mode():
         for _ in range(2):
             model.encode_image(x, normalize=False)
@@ -466,6 +473,15 @@ def _measure(budget: Budget, rows: list, label: dict, fn) -> None:
         torch.cuda.empty_cache()
         rows.append({**label, "error": f"out of memory: {str(err).splitlines()[0]}"})
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    budget.save()
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Whole or not at all: a temporary file renamed over ``path``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".part")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def environment(device: torch.device) -> dict:
@@ -496,7 +512,7 @@ def environment(device: torch.device) -> dict:
 
 
 def run(args) -> dict:
-    budget = Budget(args.budget_s)
+    budget = Budget(args.budget_s, args.out)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -505,6 +521,7 @@ def run(args) -> dict:
     out = {**environment(device), "tiny": args.tiny, "budget_s": args.budget_s}
     out["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "params")}
     out.update(loop=[], paper_loop=[], embed=[], grid=[], projection=None)
+    budget.out = out
     # Priority order: the eager loop, embedding and the grid (the projection), the paper's loop,
     # then the compiled loop (the slowest to start); what does not fit the budget is marked skipped.
     if "loop" in args.sections:
@@ -532,7 +549,12 @@ def loops(args, rows, budget, backend, n_classes, device) -> None:
     for bs in sizes:
         for m in args.backbones:
             for method in args.methods:
-                label = {"model": m, "method": method, "batch_size": bs, "compile": backend or "off"}
+                label = {
+                    "model": m,
+                    "method": method,
+                    "batch_size": bs,
+                    "compile": backend or "off",
+                }
                 _measure(
                     budget,
                     rows,
@@ -681,14 +703,10 @@ def main(argv: list[str] | None = None) -> int:
         args.grid_models = YAML(typ="safe").load((REPO / "profiles" / "paper.yaml").read_text())[
             "models"
         ]
-    out = run(args)
-    text = json.dumps(out, indent=1)
+    out = {**run(args), "complete": True}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.out).with_suffix(".part")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.out)
-    print(text)
+        write_json(args.out, out)
+    print(json.dumps(out, indent=1))
     return 0
 
 

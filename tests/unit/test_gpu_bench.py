@@ -52,7 +52,7 @@ def tiny(tmp_path_factory):
 
 def test_every_section_measured_on_cpu(tiny):
     assert tiny["device"] == "cpu" and tiny["tiny"] is True and tiny["random_weights"] is True
-    assert tiny["date_utc"].endswith("Z")
+    assert tiny["date_utc"].endswith("Z") and tiny["complete"] is True
     loop = tiny["loop"]
     # toy x (full_ft, lora) x batch 8 x compile (off, eager backend)
     assert {(r["method"], r["compile"]) for r in loop} == {
