@@ -160,6 +160,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] | None = None,
+    compile_backend: str | None = None,
 ) -> FitResult:
     """Train ``method`` on ``data`` with hyperparameters ``hp``; return the best-epoch result.
 
@@ -169,7 +170,10 @@ def fit(
     resumes from it (a checkpoint from other arguments is discarded). ``on_epoch(epoch,
     val_score)`` is called after each epoch's checkpoint (Optuna raises ``TrialPruned`` from it).
     The test split, if given, is predicted once with the selected weights; it never influences
-    training or selection.
+    training or selection. ``compile_backend`` (e.g. ``"inductor"``): the training forward pass
+    runs through ``torch.compile`` with that backend; validation, test, checkpoints and the
+    returned module stay eager (same parameters). Off by default: ``benchmarks/gpu.py`` measures
+    whether it pays before any stage turns it on.
     """
     check_train_params(hp)
     meth = adapt.get_method(method)
@@ -178,7 +182,9 @@ def fit(
     say = log or (lambda _msg: None)
     device = resolve_device(hp.device)
     with _run_context(device, hp.num_threads):
-        return _fit(meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device)
+        return _fit(
+            meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device, compile_backend
+        )
 
 
 @dataclass
@@ -202,6 +208,7 @@ class _Run:
     n_classes: int
     has_lora: bool
     fingerprint: str = ""
+    forward: Callable | None = None  # torch.compile'd module (training only), else None
 
 
 def _setup(meth, data: FitData, hp, seed, model, device, fingerprinted: bool) -> _Run:
@@ -274,7 +281,7 @@ def _train_epoch(r: _Run, epoch: int) -> tuple[float, int, float]:
         pos += len(idx)
         xb = prepare_batch(module, xb, r.meth.inputs, device)
         with _autocast(device):
-            logits = module(xb)
+            logits = (module if r.forward is None else r.forward)(xb)
         loss = F.cross_entropy(logits.float(), r.y_train_dev[idx_dev])
         r.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -323,9 +330,11 @@ def _select(r: _Run, state: ck.LoopState, entry: dict, ckpt: Path | None, best: 
         state.stopped_early = True
 
 
-def _fit(meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device) -> FitResult:
+def _fit(meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device, backend) -> FitResult:
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     r = _setup(meth, data, hp, seed, model, device, fingerprinted=ckpt is not None)
+    if backend is not None:
+        r.forward = torch.compile(r.module, backend=backend)
     label = f"{meth.name} seed {seed}"
     state = ck.LoopState()
     if ckpt is not None:
