@@ -49,6 +49,7 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 [ "$(id -u)" = 0 ] || die "run as root (it starts its own dockerd)"
 
+t_start="$(now)"
 work="${FAIRXRAY_DOCKER_DIR:-/var/tmp/fairxray-docker}"
 image="${FAIRXRAY_DOCKER_IMAGE:-fairxray:local-check}"
 base_image=local/bookworm
@@ -227,7 +228,7 @@ json="$(
   R_RECIPE="BASE_IMAGE=$base_image PYTHON_SOURCE=debian" R_SIZE="$size" R_BASE_CACHED="$base_cached" \
   R_BASE_S="$base_s" R_BUILD_S="$build_s" R_DEMO_S="$demo_s" R_RX="$rx_build" R_ROOT="$work/root" \
   R_ROOT_BYTES="$root_bytes" R_STORAGE="$storage" R_SERVER="$server_version" R_CPUS="$(nproc)" \
-  R_UID="$uid" R_PRE_RC="$pre_rc" R_METRICS="$metrics_files" R_FILES="$out_files" \
+  R_TOTAL_S="$(since "$t_start")" R_UID="$uid" R_PRE_RC="$pre_rc" R_METRICS="$metrics_files" R_FILES="$out_files" \
   python3 -c '
 import json, os
 e = os.environ
@@ -244,6 +245,7 @@ print(json.dumps({
     "base_build_s": float(e["R_BASE_S"]),
     "image_build_s": float(e["R_BUILD_S"]),
     "demo_run_s": float(e["R_DEMO_S"]),
+    "total_s": float(e["R_TOTAL_S"]),
     "host_rx_bytes_during_build": int(e["R_RX"]),
     "data_root": e["R_ROOT"],
     "data_root_bytes": int(e["R_ROOT_BYTES"]),
