@@ -25,7 +25,7 @@ INPUTS = (
 )
 BEGIN, END = "<!-- docker-check:begin -->", "<!-- docker-check:end -->"
 HEADER = (
-    "| date (UTC) | commit | image size | base build | image build | demo run | build download "
+    "| date (UTC) | commit | image size | base build | image build | demo run | machine download during build "
     "| machine |\n|---|---|---|---|---|---|---|---|\n"
 )
 

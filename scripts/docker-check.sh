@@ -167,7 +167,7 @@ for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
   # Docker's predefined proxy build args: used by RUN, kept out of the image's history.
   if [ -n "${!v:-}" ]; then build_args+=(--build-arg "$v=${!v}"); fi
 done
-rx() { awk -F'[: ]+' 'NR > 2 && $2 != "lo" { s += $3 } END { printf "%d", s }' /proc/net/dev; }
+rx() { awk -F'[: ]+' 'NR > 2 && $2 != "lo" { s += $3 } END { printf "%.0f", s }' /proc/net/dev; }
 rx0="$(rx)"
 log "building $image (BASE_IMAGE=$base_image PYTHON_SOURCE=debian, commit ${commit:0:12}, dirty=$dirty)"
 t0="$(now)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -370,3 +371,36 @@ def test_dockerignore_keeps_what_the_image_needs_and_drops_local_state():
     ]
     for path in dropped:
         assert _ignored(path, patterns), f".dockerignore keeps {path}"
+
+
+def test_ci_gate_runs_the_check_only_when_the_build_inputs_changed(tmp_path):
+    """scripts/docker-check-if-changed.sh on a copy of the repository, docker-check.sh stubbed."""
+    spec = importlib.util.spec_from_file_location(
+        "rec", REPO / "scripts" / "docker-check-record.py"
+    )
+    rec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rec)
+    for name in (
+        *rec.INPUTS,
+        "scripts/docker-check-if-changed.sh",
+        "scripts/docker-check-record.py",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / "scripts" / "docker-check.sh").write_text('echo "STUB $*" > ran\n')
+    (tmp_path / "docs").mkdir()
+    record = {"date": "d", "commit": "c" * 40, "inputs_sha256": rec.inputs_sha256(tmp_path)}
+    (tmp_path / "docs" / "docker-check.json").write_text(json.dumps(record))
+    gate = ["bash", str(tmp_path / "scripts" / "docker-check-if-changed.sh")]
+
+    def run(**env):
+        (tmp_path / "ran").unlink(missing_ok=True)
+        res = subprocess.run(gate, capture_output=True, text=True, env={**os.environ, **env})
+        assert res.returncode == 0, res.stderr
+        return (tmp_path / "ran").read_text().strip() if (tmp_path / "ran").exists() else None
+
+    assert run() is None  # inputs as recorded: skipped
+    assert run(FAIRXRAY_DOCKER_CHECK="always") == "STUB --record"
+    (tmp_path / "requirements.lock").write_text("changed==1\n")
+    assert run() == "STUB --record"
+    assert run(FAIRXRAY_DOCKER_CHECK="never") is None
