@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# CI's Docker gate: run scripts/docker-check.sh --record (a real image build and demo run, about
-# half an hour and several GB of downloads on 2 cores, docs/docker.md) only when the image's build
-# inputs differ from those of the last recorded check. docs/docker-check.json holds that check:
-# its commit, its result and inputs_sha256, the hash of the files listed in
-# scripts/docker-check-record.py (Dockerfile, .dockerignore, requirements.lock, pyproject.toml,
-# scripts/install.sh). A hash rather than a commit range: it survives rebases and shallow clones.
+# CI's Docker gate: run scripts/docker-check.sh --record (a real image build and demo run: 9
+# minutes on an idle 2-core machine, about 30 on a busy one, 3.5 GB of downloads; docs/docker.md)
+# only when the image's build inputs differ from those of the last recorded check.
+# docs/docker-check.json holds that check: its commit, its result and inputs_sha256, the hash of
+# the files listed in scripts/docker-check-record.py (Dockerfile, .dockerignore,
+# requirements.lock, pyproject.toml, scripts/install.sh). A hash rather than a commit range: it
+# survives rebases and shallow clones.
 #
 # After a check in CI, commit the updated docs/docker-check.json and docs/docker.md (the job prints
 # them) so the next runs skip it. FAIRXRAY_DOCKER_CHECK=always runs it regardless,
