@@ -97,6 +97,11 @@ def save_run(seed_dir: str | Path, module: nn.Module | None, config: dict) -> Pa
     tmp.mkdir(parents=True)
     if module is not None:
         save_model(module.to("cpu"), str(tmp / WEIGHTS_FILE))
+        # safetensors creates its file 0600 whatever the umask; give it the umask's mode like
+        # every other output, so a run folder written by a container stays readable on the host.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~umask)
     (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.rmtree(seed_dir, ignore_errors=True)
     os.replace(tmp, seed_dir)
