@@ -128,7 +128,7 @@ def bootstrap_replicates(runs, d: Design, W: np.ndarray | None = None):
 def add_seed_term(reps: Mapping, seed_sd: Mapping, n_runs: int, seed: int, salt: str = "") -> dict:
     """``reps[k] + t_b * seed_sd[k] / sqrt(S)`` with ``t_b ~ t(S - 1)``, one draw per replicate shared
     by every key of the cell (seeded by ``seed`` and ``salt``: cells get independent draws)."""
-    if n_runs < 2:
+    if n_runs < 2 or not reps:
         return dict(reps)
     B = len(next(iter(reps.values())))
     rng = np.random.default_rng([seed, zlib.crc32(salt.encode())])
@@ -197,9 +197,11 @@ def _test_stat(key: str, v: np.ndarray) -> np.ndarray:
     return np.abs(v) if key.startswith("f1_gap/") and key.endswith("/paper") else v
 
 
-def permutation_null(runs, d: Design) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def permutation_null(
+    runs, d: Design, with_mde: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Seed-mean gaps under H0, ``{key: [n_perm]}``, and each gap's power on :data:`MDE_GRID`
-    (``{key: [len(grid)]}``) against the null's ``1 - alpha`` quantile."""
+    (``{key: [len(grid)]}``, empty without ``with_mde``) against the null's ``1 - alpha`` quantile."""
     src_all = permutation_sources(d.patients, d.n_perm, d.seed + 1)
     null_parts: dict[str, list] = {}
     stats_parts: list = []  # per block: attr -> list over runs of (s, sub)
@@ -232,6 +234,8 @@ def permutation_null(runs, d: Design) -> tuple[dict[str, np.ndarray], dict[str, 
         for k, v in acc.items():
             null_parts.setdefault(k, []).append(v)
     null = {k: np.concatenate(v) for k, v in null_parts.items()}
+    if not with_mde:
+        return null, {}
     joined = {}  # attr -> per run (s, sub) over all permutations
     for attr in d.groupings:
         per_run = []
@@ -311,14 +315,16 @@ def table_of(key: str) -> str:
     return "underdiagnosis" if key.startswith("fnr_gap/") else "fairness"
 
 
-def gap_inference(point: Mapping[str, float], runs, d: Design) -> dict[str, float]:
+def gap_inference(
+    point: Mapping[str, float], runs, d: Design, with_mde: bool = True
+) -> dict[str, float]:
     """``K/p_value``, ``K/p_adjusted``, ``K/null_mean``, ``K/excess``, ``K/mde`` and
     ``K/significant`` (1.0/0.0 after correction within the gap's :func:`table_of`; NaN where the gap
     is undefined) for every gap K."""
     gaps = [k for k in point if is_gap_key(k)]
     if d.n_perm <= 0 or not gaps:
         return {}
-    null, power = permutation_null(runs, d)
+    null, power = permutation_null(runs, d, with_mde)
     out: dict[str, float] = {}
     pv: dict[str, float] = {}
     for k in gaps:
@@ -335,7 +341,8 @@ def gap_inference(point: Mapping[str, float], runs, d: Design) -> dict[str, floa
         out[f"{k}/p_value"] = pv[k]
         out[f"{k}/null_mean"] = null_mean
         out[f"{k}/excess"] = point[k] - null_mean
-        out[f"{k}/mde"] = mde_from_power(power[k], d.mde_power) if k in power else np.nan
+        if with_mde:
+            out[f"{k}/mde"] = mde_from_power(power[k], d.mde_power) if k in power else np.nan
     adj: dict[str, float] = {}
     for fam in {table_of(k) for k in gaps}:
         adj.update(adjust({k: v for k, v in pv.items() if table_of(k) == fam}, d.correction))
