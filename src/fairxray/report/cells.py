@@ -188,3 +188,28 @@ def how_to_read(p: Params, cells: Cells, gaps: pd.DataFrame) -> list[str]:
             + ". A gap below its MDE that is not significant is not evidence that there is no gap."
         )
     return lines
+
+
+def result_lines(reports: str | Path = "reports") -> list[str]:
+    """The measured headline numbers of a finished run, read from ``reports/`` (printed by
+    ``scripts/demo.sh``; the README quotes no numbers of its own): per cell the accuracy, the age
+    and sex F1 gaps with their intervals and adjusted p-values, and how many gaps of sex alone are
+    significant after correction."""
+    reports = Path(reports)
+    t1 = pd.read_csv(reports / "table1_utility.csv")
+    gaps = pd.read_csv(reports / "gap_inference.csv")
+    out = []
+    for _, r in t1.iterrows():
+        g = gaps[(gaps["model"] == r["model"]) & (gaps["method"] == r["method"])].set_index("gap")
+        parts = [f"{r['model']}/{r['method']}: accuracy {r['accuracy']:.3f}"]
+        for key in ("f1_gap/age_group/standard", "f1_gap/sex/standard"):
+            if key in g.index:
+                x = g.loc[key]
+                parts.append(
+                    f"{key} {x['value']:.3f} [{x['ci_low']:.3f}, {x['ci_high']:.3f}] "
+                    f"p_adj {x['p_adjusted']:.4f}{' *' if x['significant'] == 1.0 else ''}"
+                )
+        sex = g[[k.split("/")[1] == "sex" for k in g.index]]
+        parts.append(f"sex gaps significant: {int((sex['significant'] == 1.0).sum())}/{len(sex)}")
+        out.append("; ".join(parts))
+    return out
