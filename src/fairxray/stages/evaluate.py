@@ -1,4 +1,4 @@
-"""Predictions -> metrics.json, by_group.csv and plots with patient-bootstrap intervals."""
+"""Predictions -> metrics.json, by_group.csv, plots, and each cell's cell.json (all seeds combined)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from fairxray.metrics.evaluate import evaluate_cell, evaluate_file, settings
 
 
 def _say(what: str, ev) -> None:
-    m = ev.metrics
-    notes = "".join(f"; {n.split(' (')[0]}" for n in ev.meta.get("notes", []))
+    m, notes = ev.metrics, "".join(f"; {n.split(' (')[0]}" for n in ev.meta.get("notes", []))
     print(
         f"evaluate {what}: accuracy {m['accuracy']:.3f} "
         f"[{m['accuracy/ci_low']:.3f}, {m['accuracy/ci_high']:.3f}], n {m['n/images']}, "
