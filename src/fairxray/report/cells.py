@@ -179,7 +179,11 @@ def how_to_read(p: Params, cells: Cells, gaps: pd.DataFrame) -> list[str]:
     if len(gaps) and gaps["mde"].notna().any():
         n = cells.table["n/images"].iloc[0] if "n/images" in cells.table else float("nan")
         mde = gaps.groupby("gap")["mde"].median().dropna()
-        shown = [k for k in mde.index if table_of(k) == "fairness"][:12]
+        order = ("f1_gap/", "eq_odds/", "ece_gap/", "auroc_gap/", "brier_gap/", "nll_gap/")
+        rank = {k: next((i for i, f in enumerate(order) if k.startswith(f)), 9) for k in mde.index}
+        headline = [k for k in mde.index if k.endswith(("/standard", "/paper", "/binned"))]
+        headline += [k for k in mde.index if k.startswith(("auroc_gap/", "brier_gap/"))]
+        shown = sorted(headline, key=lambda k: (rank[k], k))
         lines.append(
             f"Minimum detectable effect (MDE): with this test set ({int(n)} images), the smallest "
             f"true gap found with {int(m.mde_power * 100)} % power at alpha {m.alpha} (simulated "
