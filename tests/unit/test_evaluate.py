@@ -45,7 +45,7 @@ def predictions(n_per_cell=10, seed=0, signal=1.5) -> pd.DataFrame:
 
 def params_file(tmp: Path, **changes) -> Path:
     raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
-    raw["metrics"]["n_perm"] = 50  # the nulls are tested in test_inference.py; keep these fast
+    raw["metrics"]["n_perm"] = 20  # the nulls are tested in test_inference.py; keep these fast
     for dotted, value in changes.items():
         node = raw
         *parents, last = dotted.split(".")
