@@ -277,3 +277,29 @@ def test_deterministic_runs_count_once_not_as_copies():
     for k in ("accuracy", "f1_gap/sex/standard"):
         assert three.metrics[f"{k}/ci_low"] == one.metrics[f"{k}/ci_low"]
         assert three.metrics[f"{k}/ci_high"] > three.metrics[f"{k}/ci_low"]  # never width 0
+
+
+def test_per_replicate_codes_equal_fixed_codes_when_every_replicate_is_the_same():
+    """The permutation path (codes [B, N]) against the bootstrap path (codes [N]) on every metric."""
+    rng = np.random.default_rng(0)
+    pid, age, sex, y, prob = simulate(rng, n_patients=80)
+    d = design(pid, {"age": age, "sex": sex})
+    W = patient_weights(pid.astype(str), 7, 1)
+    fixed, _ = replicate_metrics(W, y=y, prob=prob, **_kw(d))
+    tiled = {
+        a: fm.Groups(g.attribute, g.labels, np.tile(g.codes, (7, 1)))
+        for a, g in d.groupings.items()
+    }
+    per_rep, _ = replicate_metrics(W, y=y, prob=prob, **{**_kw(d), "groupings": tiled})
+    for k, v in fixed.items():
+        np.testing.assert_allclose(per_rep[k], v, rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+def _kw(d: Design) -> dict:
+    return {
+        "classes": d.classes,
+        "groupings": d.groupings,
+        "paper_subgroups": {},
+        "n_bins": d.n_bins,
+        "min_group_size": d.min_group_size,
+    }

@@ -145,6 +145,8 @@ def weighted_auroc(W: np.ndarray, y, prob, groups: Groups, n_classes: int, min_g
         ss = prob[order, c]
         starts = np.r_[0, np.flatnonzero(np.diff(ss)) + 1]
         pos = (y == c)[order]
+        if codes.ndim == 2:  # gathered once per class, shared by the groups
+            W_sorted, codes_sorted = W[:, order], codes[:, order]
         for g in range(G):
             if codes.ndim == 1:
                 keep = codes[order] == g
@@ -156,7 +158,7 @@ def weighted_auroc(W: np.ndarray, y, prob, groups: Groups, n_classes: int, min_g
                 st = np.r_[0, np.flatnonzero(np.diff(s_sub)) + 1]
                 Ws, p_sub = W[:, sub], pos[keep]
             else:
-                Ws, p_sub, st = W[:, order] * (codes[:, order] == g), pos, starts
+                Ws, p_sub, st = W_sorted * (codes_sorted == g), pos, starts
             bp = np.add.reduceat(Ws * p_sub, st, axis=1)
             bn = np.add.reduceat(Ws * ~p_sub, st, axis=1)
             below = np.cumsum(bn, axis=1) - bn
