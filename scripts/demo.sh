@@ -10,6 +10,10 @@ export PATH="$root/.venv/bin:$PATH" HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 MLFLOW_E
 dvc repro "$@"
 echo
 echo "Demo finished (DEMO: synthetic images and small random models, not NIH results)."
+if [ -f reports/gap_inference.csv ]; then
+  echo "Measured in this run (* = significant after correction; the planted effect is age, not sex):"
+  python -c 'from fairxray.report.cells import result_lines; print("\n".join("  " + s for s in result_lines()))'
+fi
 echo "  splits and leakage report: data/splits/<protocol>/manifest.json"
 echo "  image caches:              data/images/<protocol>/"
 [ -d reports ] && echo "  comparison report:         reports/report.html (and report.md, *.csv)"

@@ -10,7 +10,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$tmp/venv/bin/pip" install --quiet --no-cache-dir -e ".[dev]"
 {
   echo "# Exact environment for fairxray (Python 3.11, x86_64). Made by scripts/lock.sh from"
-  echo "# pyproject.toml's pins (stack-notes.md); scripts/install.sh installs exactly this."
+  echo "# pyproject.toml's pins (versions known to work together); scripts/install.sh installs exactly this."
   echo "setuptools==$("$tmp/venv/bin/python" -c 'import setuptools; print(setuptools.__version__)')"
   "$tmp/venv/bin/pip" freeze --exclude-editable | grep -v -i '^fairxray'
 } > requirements.lock

@@ -67,6 +67,12 @@ class MetricsParams:
     ece_bins: int
     min_group_size: int  # smaller groups give NaN plus a warning
     seed: int
+    n_perm: int  # permutations of the sensitive values across patients per gap null; 0 = none
+    correction: str  # holm | bh: p-value adjustment within each table row (one cell's gaps)
+    alpha: float  # significance level of the adjusted p-values and of the MDE
+    mde_power: float  # power at which the minimum detectable effect is reported
+    reference_method: str  # paired comparisons: each method vs this one, same model
+    reference_model: str | None  # and each model vs this one, same method; null = first model
 
 
 @dataclass(frozen=True)
@@ -277,3 +283,9 @@ def _validate(p: Params, src: str) -> None:
         )
     if not 0 < p.metrics.ci_level < 1:
         raise ConfigError(f"{src}: 'metrics.ci_level' must lie in (0, 1)")
+    if p.metrics.correction not in ("holm", "bh"):
+        raise ConfigError(f"{src}: 'metrics.correction' must be 'holm' or 'bh'")
+    if not (0 < p.metrics.alpha < 1 and 0 < p.metrics.mde_power < 1):
+        raise ConfigError(f"{src}: 'metrics.alpha' and 'metrics.mde_power' must lie in (0, 1)")
+    if p.metrics.n_perm < 0:
+        raise ConfigError(f"{src}: 'metrics.n_perm' must be 0 or more")

@@ -45,6 +45,7 @@ def predictions(n_per_cell=10, seed=0, signal=1.5) -> pd.DataFrame:
 
 def params_file(tmp: Path, **changes) -> Path:
     raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    raw["metrics"]["n_perm"] = 20  # the nulls are tested in test_inference.py; keep these fast
     for dotted, value in changes.items():
         node = raw
         *parents, last = dotted.split(".")
@@ -139,6 +140,7 @@ def test_cli_file_form_writes_every_key(tmp_path):
     assert meta["label"] == DEMO_BANNER and meta["n_boot"] == 200
     bg = pd.read_csv(out / "by_group.csv")
     assert list(bg.columns) == [
+        "label",
         "metric",
         "attribute",
         "group",
@@ -148,6 +150,7 @@ def test_cli_file_form_writes_every_key(tmp_path):
         "n",
         "n_patients",
     ]
+    assert (bg["label"] == DEMO_BANNER).all()
     assert set(bg["attribute"]) == {"age_group", "sex", "age_group&sex"}
     assert (bg.loc[bg["attribute"] == "age_group&sex", "n"] == 60).all()
     for png in ("group_f1.png", "reliability.png", "confusion.png"):
@@ -169,7 +172,19 @@ def test_cli_model_form_loops_over_seeds(tmp_path, monkeypatch):
     # Re-running replaces the folder atomically (no leftovers) and gives the same numbers.
     assert cli.main(["evaluate", "--model", "toy", "--method", "mlp", "--params", str(params)]) == 0
     assert _strict_json(paths.metrics_dir("toy", "mlp", 1) / "metrics.json") == a
-    assert sorted(p.name for p in paths.metrics("toy", "mlp").iterdir()) == ["seed1", "seed2"]
+    assert sorted(p.name for p in paths.metrics("toy", "mlp").iterdir()) == [
+        "cell.json",
+        "cell_by_group.csv",
+        "cell_evaluation.json",
+        "replicates.npz",
+        "seed1",
+        "seed2",
+    ]
+    cell = _strict_json(paths.metrics("toy", "mlp") / "cell.json")
+    assert cell["n_seeds"] == 2 and cell["n_runs"] == 2
+    # The cell's point estimate is the mean of the seeds'; its spread is reported beside it.
+    assert cell["accuracy"] == pytest.approx((a["accuracy"] + b["accuracy"]) / 2)
+    assert cell["seed_sd/accuracy"] == pytest.approx(abs(a["accuracy"] - b["accuracy"]) / 2**0.5)
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import yaml
 from fairxray import DEMO_BANNER, cli, paths
 from fairxray.config import PAPER_CLASSES
 from fairxray.metrics.predictions import prob_columns
-from fairxray.report.build import DEMO_LABEL, seed_interval
+from fairxray.report.build import DEMO_LABEL
 
 METHODS = ("linear_probe", "mlp")
 SEEDS = (1, 2)
@@ -51,6 +50,8 @@ def report_dir(tmp_path_factory) -> Path:
     raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
     raw.update(models=["toy"], methods=list(METHODS), seeds=list(SEEDS))
     raw["metrics"]["n_boot"] = 20
+    raw["metrics"]["n_perm"] = 20
+    raw["metrics"]["reference_method"] = "linear_probe"
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     import os
@@ -91,7 +92,7 @@ def test_both_tables_in_all_three_formats(report_dir):
     assert "## Paper vs here" in md and "## Deviations" in md and "59.6" in md
 
 
-def test_table_values_are_mean_and_t_interval_over_seeds(report_dir):
+def test_table_values_are_the_cells_combined_estimates(report_dir):
     root = report_dir.parent
     acc = [
         json.loads((root / paths.metrics_dir("toy", "mlp", s) / "metrics.json").read_text())[
@@ -99,20 +100,40 @@ def test_table_values_are_mean_and_t_interval_over_seeds(report_dir):
         ]
         for s in SEEDS
     ]
+    cell = json.loads((root / paths.metrics("toy", "mlp") / "cell.json").read_text())
     t1 = pd.read_csv(report_dir / "table1_utility.csv").set_index("method")
     assert t1.loc["mlp", "accuracy"] == pytest.approx(np.mean(acc), abs=1e-12)
-    # two seeds: half-width t_{0.975, 1} * sd / sqrt(2), t_{0.975, 1} = 12.7062047...
-    half = 12.706204736174707 * np.std(acc, ddof=1) / math.sqrt(2)
-    assert t1.loc["mlp", "accuracy/ci_high"] == pytest.approx(np.mean(acc) + half, rel=1e-9)
+    assert t1.loc["mlp", "accuracy/ci_high"] == pytest.approx(cell["accuracy/ci_high"])
+    # Patients and seeds combined: about as wide as a seed's patient bootstrap alone, or wider.
+    for s in SEEDS:
+        m = json.loads((root / paths.metrics_dir("toy", "mlp", s) / "metrics.json").read_text())
+        width = t1.loc["mlp", "accuracy/ci_high"] - t1.loc["mlp", "accuracy/ci_low"]
+        assert width >= 0.7 * (m["accuracy/ci_high"] - m["accuracy/ci_low"])
+    t2 = pd.read_csv(report_dir / "table2_fairness.csv")
+    assert {"f1_gap/sex/standard/p_adjusted", "f1_gap/sex/standard/significant"} <= set(t2.columns)
+    gaps = pd.read_csv(report_dir / "gap_inference.csv")
+    assert {"p_value", "p_adjusted", "null_mean", "excess", "mde", "group_sizes"} <= set(
+        gaps.columns
+    )
+    row = gaps[(gaps["method"] == "mlp") & (gaps["gap"] == "f1_gap/sex/standard")].iloc[0]
+    assert row["value"] == pytest.approx(cell["f1_gap/sex/standard"])
+    assert row["p_value"] == pytest.approx(cell["f1_gap/sex/standard/p_value"])
+    assert row["excess"] == pytest.approx(row["value"] - row["null_mean"])
+    assert row["group_sizes"] == "F: 72, M: 72"
 
 
-def test_seed_interval_hand_worked():
-    # values 1, 2, 3: mean 2, sd 1, t_{0.975, 2} = 4.302652729749464 -> 2 +- 4.3027 / sqrt(3)
-    mean, lo, hi, n = seed_interval([1.0, 2.0, 3.0, float("nan")], 0.95)
-    assert (mean, n) == (2.0, 3)
-    assert hi - mean == pytest.approx(4.302652729749464 / math.sqrt(3), rel=1e-12)
-    assert mean - lo == pytest.approx(hi - mean)
-    assert math.isnan(seed_interval([0.5], 0.95)[1])
+def test_paired_comparisons_csv(report_dir):
+    t = pd.read_csv(report_dir / "paired_comparisons.csv")
+    cols = ["model", "method", "ref_model", "ref_method", "metric", "diff", "ci_low", "ci_high"]
+    assert set(cols + ["p_value", "p_adjusted", "significant"]) <= set(t.columns)
+    assert set(t["method"]) == {"mlp"} and set(t["ref_method"]) == {"linear_probe"}
+    root = report_dir.parent
+    a = json.loads((root / paths.metrics("toy", "mlp") / "cell.json").read_text())
+    b = json.loads((root / paths.metrics("toy", "linear_probe") / "cell.json").read_text())
+    acc = t[t["metric"] == "accuracy"].iloc[0]
+    assert acc["diff"] == pytest.approx(a["accuracy"] - b["accuracy"])
+    assert acc["ci_low"] <= acc["diff"] <= acc["ci_high"]
+    assert (t["p_adjusted"] >= t["p_value"] - 1e-12).all()
 
 
 def test_demo_is_labelled_everywhere(report_dir):
@@ -122,12 +143,19 @@ def test_demo_is_labelled_everywhere(report_dir):
     pvh = pd.read_csv(report_dir / "paper_vs_here.csv")
     assert set(pvh["model"]) == {"medclip-vit", "gloria"}  # not run here: shown as such
     assert (pvh["here"] == "not in this run grid").all()
+    for csv in report_dir.glob("*.csv"):
+        assert (pd.read_csv(csv)["label"] == DEMO_BANNER).all(), csv.name
+    assert json.loads((report_dir / "summary.json").read_text())["label"] == DEMO_BANNER
+    md = (report_dir / "report.md").read_text()
+    assert "## How to read this" in md and "accuracy-driven" in md and "Minimum detectable" in md
+    assert ".md" not in md.replace("report.md", "")  # cites no notes file outside the repository
 
 
 def test_dvc_plot_sources_exist(report_dir):
     scatter = pd.read_csv(report_dir / "accuracy_vs_gaps.csv")
     assert "accuracy" in scatter and "f1_gap__age_group__paper" in scatter
     summary = json.loads((report_dir / "summary.json").read_text())  # for `dvc metrics show`
+    assert summary.pop("label") == DEMO_BANNER
     assert set(summary) == {"toy/linear_probe", "toy/mlp"}
     assert all(
         isinstance(v, int | float) or v is None for r in summary.values() for v in r.values()

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from fairxray.metrics.fairness import Groups, bin_index
+from fairxray.metrics.fairness import NLL_EPS, Groups, bin_index
 
 # Per-group metrics reported in by_group.csv (evaluate's point estimates use the same list).
 GROUP_METRICS = (
@@ -33,6 +33,8 @@ GROUP_METRICS = (
     "macro_f1_paper",
     "ece_binned",
     "ece_paper",
+    "brier",
+    "nll",
 )
 
 
@@ -63,7 +65,16 @@ def percentile_interval(samples, level: float) -> tuple[float, float, int]:
 
 
 def _weighted_sums(W: np.ndarray, index: np.ndarray, values: np.ndarray, width: int) -> np.ndarray:
-    """``out[b, j] = sum_i W[b, i] * values[i] * 1[index[i] = j]`` as one sparse product."""
+    """``out[b, j] = sum_i W[b, i] * values[i] * 1[index[i] = j]`` as one sparse product.
+
+    ``index`` may also be ``[B, N]`` (a row's cell differs between replicates, as when a permutation
+    moves the sensitive attribute): then one ``bincount`` over replicate-offset cells."""
+    index = np.asarray(index)
+    if index.ndim == 2:
+        B = len(W)
+        flat = (index + np.arange(B)[:, None] * width).ravel()
+        wv = np.broadcast_to(W * values, index.shape).ravel()
+        return np.bincount(flat, weights=wv, minlength=B * width).reshape(B, width)
     n = len(index)
     S = sparse.csr_matrix((values, (np.arange(n), index)), shape=(n, width))
     return np.asarray(S.T @ W.T).T
@@ -122,39 +133,47 @@ def confusion_stats(
 
 
 def weighted_auroc(W: np.ndarray, y, prob, groups: Groups, n_classes: int, min_group_size: int):
-    """Per-group macro one-vs-rest AUROC [B, G] by the weighted Mann-Whitney statistic
-    ``AUC = sum_{i pos, j neg} w_i w_j (1[s_i > s_j] + 1/2 1[s_i = s_j]) / (W_pos W_neg)``."""
+    """Per-group one-vs-rest AUROC of each class [B, G, K] by the weighted Mann-Whitney statistic
+    ``AUC = sum_{i pos, j neg} w_i w_j (1[s_i > s_j] + 1/2 1[s_i = s_j]) / (W_pos W_neg)``.
+    ``groups.codes`` may be ``[B, N]`` (a group's rows differ between replicates)."""
     y, prob = np.asarray(y), np.asarray(prob, dtype=float)
     B, G = len(W), len(groups.labels)
-    out = np.full((B, G), np.nan)
-    for g in range(G):
-        idx = np.flatnonzero(groups.codes == g)
-        if idx.size == 0:
-            continue
-        Wg = W[:, idx]
-        n = Wg.sum(axis=1)
-        aucs = np.empty((B, n_classes))
-        for c in range(n_classes):
-            s = prob[idx, c]
-            order = np.argsort(s, kind="stable")
-            ss = s[order]
-            starts = np.r_[0, np.flatnonzero(np.diff(ss)) + 1]
-            pos = (y[idx] == c)[order]
-            Ws = Wg[:, order]
-            bp = np.add.reduceat(Ws * pos, starts, axis=1)
-            bn = np.add.reduceat(Ws * ~pos, starts, axis=1)
+    out = np.full((B, G, n_classes), np.nan)
+    codes = np.asarray(groups.codes)
+    for c in range(n_classes):
+        order = np.argsort(prob[:, c], kind="stable")
+        ss = prob[order, c]
+        starts = np.r_[0, np.flatnonzero(np.diff(ss)) + 1]
+        pos = (y == c)[order]
+        if codes.ndim == 2:  # gathered once per class, shared by the groups
+            W_sorted, codes_sorted = W[:, order], codes[:, order]
+        for g in range(G):
+            if codes.ndim == 1:
+                keep = codes[order] == g
+                if not keep.any():
+                    continue
+                # The subset keeps its order; tie blocks are recomputed within it.
+                sub = order[keep]
+                s_sub = prob[sub, c]
+                st = np.r_[0, np.flatnonzero(np.diff(s_sub)) + 1]
+                Ws, p_sub = W[:, sub], pos[keep]
+            else:
+                Ws, p_sub, st = W_sorted * (codes_sorted == g), pos, starts
+            bp = np.add.reduceat(Ws * p_sub, st, axis=1)
+            bn = np.add.reduceat(Ws * ~p_sub, st, axis=1)
             below = np.cumsum(bn, axis=1) - bn
             num = (bp * (below + 0.5 * bn)).sum(axis=1)
-            aucs[:, c] = _div(num, bp.sum(axis=1) * bn.sum(axis=1))
-        out[:, g] = aucs.mean(axis=1)
-        out[n < max(min_group_size, 1), g] = np.nan
+            out[:, g, c] = _div(num, bp.sum(axis=1) * bn.sum(axis=1))
+    n = _weighted_sums(W, codes, np.ones(len(y)), G)
+    out[n < max(min_group_size, 1)] = np.nan
     return out
 
 
 def calibration_stats(
     W: np.ndarray, y, prob, groups: Groups, n_classes: int, n_bins: int, min_group_size: int
 ) -> dict[str, np.ndarray]:
-    """Per-group binned top-label ECE and the paper's mean |p - y| macro over classes, [B, G]."""
+    """Per-group binned top-label ECE, the paper's mean |p - y| macro over classes, the Brier score
+    ``mean_i sum_c (p_ic - y_ic)^2`` and the NLL ``mean_i -log p_i,y_i``, all [B, G]."""
     y, prob = np.asarray(y), np.asarray(prob, dtype=float)
     G = len(groups.labels)
     conf = prob.max(axis=1)
@@ -165,23 +184,76 @@ def calibration_stats(
     s_acc = _weighted_sums(W, cell, correct, G * n_bins).reshape(len(W), G, n_bins)
     n = n_bin.sum(axis=2)
     ece = _div(np.abs(s_acc - s_conf).sum(axis=2), n)
-    abs_err = np.abs(prob - np.eye(n_classes)[y])
-    rows = np.repeat(np.arange(len(y)), n_classes)
-    cols = np.tile(np.arange(n_classes), len(y))
-    err = _weighted_sums_2d(
-        W, groups.codes[rows] * n_classes + cols, abs_err.ravel(), rows, G * n_classes
-    )
-    ece_paper = _div(err.reshape(len(W), G, n_classes).mean(axis=2), n)
+    onehot = np.eye(n_classes)[y]
+    # mean_c mean_i |p_ic - y_ic| = mean_i (mean_c |p_ic - y_ic|): one value per row.
+    out = {"ece_binned": ece}
+    per_row = {
+        "ece_paper": np.abs(prob - onehot).mean(axis=1),
+        "brier": ((prob - onehot) ** 2).sum(axis=1),
+        "nll": -np.log(np.clip(prob[np.arange(len(y)), y], NLL_EPS, 1.0)),
+    }
+    for k, v in per_row.items():
+        out[k] = _div(_weighted_sums(W, groups.codes, v, G), n)
     small = n < max(min_group_size, 1)
-    ece[small] = np.nan
-    ece_paper[small] = np.nan
-    return {"ece_binned": ece, "ece_paper": ece_paper}
+    for v in out.values():
+        v[small] = np.nan
+    return out
 
 
-def _weighted_sums_2d(W, index, values, rows, width):
-    """Like :func:`_weighted_sums` with several entries per row (row ``rows[j]``, column ``index[j]``)."""
-    S = sparse.csr_matrix((values, (rows, index)), shape=(W.shape[1], width))
-    return np.asarray(S.T @ W.T).T
+def group_stats(W, y, prob, gr: Groups, n_classes: int, n_bins: int, min_group_size: int) -> dict:
+    """Every per-group statistic [B, G(, K)] of one grouping (codes ``[N]`` or ``[B, N]``)."""
+    pred = np.asarray(prob).argmax(axis=1)
+    s = confusion_stats(W, y, pred, gr, n_classes, min_group_size)
+    s["auroc"] = weighted_auroc(W, y, prob, gr, n_classes, min_group_size)
+    s["auroc_macro"] = s["auroc"].mean(axis=-1)
+    s.update(calibration_stats(W, y, prob, gr, n_classes, n_bins, min_group_size))
+    return s
+
+
+def gap_values(s: Mapping[str, np.ndarray], sub: Mapping | None, attr: str, classes) -> dict:
+    """Every gap of one attribute from its per-group statistics ``s`` (:func:`group_stats`) and, for
+    the paper's F1_delta, the confusion statistics ``sub`` of its attribute x other-columns
+    subgroups (None for intersections). Pure in ``s``: :mod:`fairxray.metrics.inference` plants
+    shifts into ``s`` to simulate power. Keys: see :data:`GAP_KEYS`."""
+    B = s["n"].shape[0]
+    nan = np.full(B, np.nan)
+    per_class = np.maximum(
+        _spread(np.moveaxis(s["tpr"], 1, 2)), _spread(np.moveaxis(s["fpr"], 1, 2))
+    )
+    out = {
+        f"f1_gap/{attr}/standard": _spread(s["macro_f1"]),
+        f"eq_odds/{attr}/worst_case_max": per_class.max(axis=1),
+        f"eq_odds/{attr}/worst_case_mean": per_class.mean(axis=1),
+        f"ece_gap/{attr}/binned": _spread(s["ece_binned"]),
+        f"auroc_gap/{attr}": _spread(s["auroc_macro"]),
+        f"brier_gap/{attr}": _spread(s["brier"]),
+        f"nll_gap/{attr}": _spread(s["nll"]),
+    }
+    fnr_spread = _spread(np.moveaxis(s["tpr"], 1, 2))  # |FNR_g - FNR_h| = |TPR_g - TPR_h|
+    for c, name in enumerate(classes):
+        out[f"fnr_gap/{attr}/{name}"] = fnr_spread[:, c]
+    if sub is not None:
+        two = s["n"].shape[1] == 2
+        if two:
+            low, high = np.split(sub["macro_f1_paper"], 2, axis=1)
+            out[f"f1_gap/{attr}/paper"] = high.mean(1) - low.mean(1)
+            eo = (
+                np.abs(s["tpr"][:, 0] - s["tpr"][:, 1]) + np.abs(s["fpr"][:, 0] - s["fpr"][:, 1])
+            ) / 2
+            out[f"eq_odds/{attr}/paper"] = eo.mean(axis=1)
+            out[f"ece_gap/{attr}/paper"] = np.abs(s["ece_paper"][:, 1] - s["ece_paper"][:, 0])
+        else:
+            for k in (f"f1_gap/{attr}/paper", f"eq_odds/{attr}/paper", f"ece_gap/{attr}/paper"):
+                out[k] = nan
+    return out
+
+
+def is_gap_key(key: str) -> bool:
+    """A between-group gap (gets a permutation null), as opposed to a metric or group value."""
+    return key.split("/", 1)[0] in GAP_FAMILIES
+
+
+GAP_FAMILIES = ("f1_gap", "eq_odds", "ece_gap", "auroc_gap", "brier_gap", "nll_gap", "fnr_gap")
 
 
 def replicate_metrics(
@@ -194,66 +266,49 @@ def replicate_metrics(
     paper_subgroups: Mapping[str, Groups],
     n_bins: int,
     min_group_size: int,
+    gaps_only: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[tuple[str, str, str], np.ndarray]]:
     """Every metric of ``metrics.json`` and ``by_group.csv`` for each row-weight vector in ``W``.
 
     ``groupings``: attribute name -> groups, single attributes and intersections; ``paper_subgroups``:
-    single attribute -> its subgroups (attribute x the other columns, the attribute slowest). Keys
-    are those of :func:`fairxray.metrics.evaluate.point_metrics`. Returns (metrics, by_group)."""
+    single attribute -> its subgroups (attribute x the other columns, the attribute slowest). A
+    grouping's codes may be ``[B, N]`` (permuted attributes). Keys are those of
+    :func:`fairxray.metrics.evaluate.point_metrics`. Returns (metrics, by_group); with
+    ``gaps_only`` only the gaps (the by_group dict is empty)."""
     W = np.atleast_2d(np.asarray(W, dtype=np.float64))
     y, prob = np.asarray(y), np.asarray(prob, dtype=float)
     K = len(classes)
-    pred = prob.argmax(axis=1)
-    allg = Groups("all", ("all",), np.zeros(len(y), dtype=np.int64))
     metrics: dict[str, np.ndarray] = {}
     by_group: dict[tuple[str, str, str], np.ndarray] = {}
-
-    def stats(gr: Groups) -> dict[str, np.ndarray]:
-        s = confusion_stats(W, y, pred, gr, K, min_group_size)
-        s["auroc_macro"] = weighted_auroc(W, y, prob, gr, K, min_group_size)
-        s.update(calibration_stats(W, y, prob, gr, K, n_bins, min_group_size))
-        return s
-
-    o = stats(allg)
-    for k in ("accuracy", "macro_f1", "balanced_accuracy", "auroc_macro"):
-        metrics[k] = o[k][:, 0]
-    for c, name in enumerate(classes):
-        metrics[f"f1/{name}"] = o["f1"][:, 0, c]
-    f1 = o["f1"][:, 0, :]
-    metrics["var_f1"] = np.var(f1, axis=1, ddof=1) if K > 1 else np.full(len(W), np.nan)
-    metrics["ece"] = o["ece_binned"][:, 0]
-    metrics["ece_paper"] = o["ece_paper"][:, 0]
-
+    if not gaps_only:
+        allg = Groups("all", ("all",), np.zeros(len(y), dtype=np.int64))
+        o = group_stats(W, y, prob, allg, K, n_bins, min_group_size)
+        for k in ("accuracy", "macro_f1", "balanced_accuracy", "auroc_macro", "brier", "nll"):
+            metrics[k] = o[k][:, 0]
+        for c, name in enumerate(classes):
+            metrics[f"f1/{name}"] = o["f1"][:, 0, c]
+            metrics[f"auroc/{name}"] = o["auroc"][:, 0, c]
+        f1 = o["f1"][:, 0, :]
+        metrics["var_f1"] = np.var(f1, axis=1, ddof=1) if K > 1 else np.full(len(W), np.nan)
+        metrics["ece"] = o["ece_binned"][:, 0]
+        metrics["ece_paper"] = o["ece_paper"][:, 0]
     for attr, gr in groupings.items():
-        s = stats(gr)
-        metrics[f"f1_gap/{attr}/standard"] = _spread(s["macro_f1"])
-        per_class = np.maximum(
-            _spread(np.moveaxis(s["tpr"], 1, 2)), _spread(np.moveaxis(s["fpr"], 1, 2))
-        )
-        metrics[f"eq_odds/{attr}/worst_case_max"] = per_class.max(axis=1)
-        metrics[f"eq_odds/{attr}/worst_case_mean"] = per_class.mean(axis=1)
-        metrics[f"ece_gap/{attr}/binned"] = _spread(s["ece_binned"])
+        s = group_stats(W, y, prob, gr, K, n_bins, min_group_size)
+        sub = None
         if attr in paper_subgroups:
-            two = len(gr.labels) == 2
-            nan = np.full(len(W), np.nan)
+            pred = prob.argmax(axis=1)
             sub = confusion_stats(W, y, pred, paper_subgroups[attr], K, min_group_size)
-            low, high = np.split(sub["macro_f1_paper"], 2, axis=1) if two else (None, None)
-            metrics[f"f1_gap/{attr}/paper"] = high.mean(1) - low.mean(1) if two else nan
-            eo = (
-                (np.abs(s["tpr"][:, 0] - s["tpr"][:, 1]) + np.abs(s["fpr"][:, 0] - s["fpr"][:, 1]))
-                / 2
-                if two
-                else None
-            )
-            metrics[f"eq_odds/{attr}/paper"] = eo.mean(axis=1) if two else nan
-            metrics[f"ece_gap/{attr}/paper"] = (
-                np.abs(s["ece_paper"][:, 1] - s["ece_paper"][:, 0]) if two else nan
-            )
+        metrics.update(gap_values(s, sub, attr, classes))
+        if gaps_only:
+            continue
+        metrics[f"auroc_worst/{attr}"] = np.min(s["auroc_macro"], axis=1)
         for g, label in enumerate(gr.labels):
             for k in GROUP_METRICS:
                 by_group[(k, attr, label)] = s[k][:, g]
             for c, name in enumerate(classes):
                 by_group[(f"f1/{name}", attr, label)] = s["f1"][:, g, c]
                 by_group[(f"tpr/{name}", attr, label)] = s["tpr"][:, g, c]
+                by_group[(f"fnr/{name}", attr, label)] = 1.0 - s["tpr"][:, g, c]
                 by_group[(f"fpr/{name}", attr, label)] = s["fpr"][:, g, c]
+                by_group[(f"auroc/{name}", attr, label)] = s["auroc"][:, g, c]
     return metrics, by_group

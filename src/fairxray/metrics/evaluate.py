@@ -26,13 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fairxray import DEMO_BANNER
+from fairxray import DEMO_BANNER, paths
+from fairxray.errors import UserError
 from fairxray.metrics import fairness as fm
-from fairxray.metrics.bootstrap import (
-    patient_weights,
-    percentile_interval,
-    replicate_metrics,
-)
+from fairxray.metrics.inference import Design, distinct_runs, infer_cell, undefined_summary
 from fairxray.metrics.plots import plot_confusion, plot_group_f1, plot_reliability
 from fairxray.metrics.predictions import prob_columns, read_predictions, validate_predictions
 
@@ -54,6 +51,10 @@ class Settings:
     ece_bins: int = 15
     min_group_size: int = 5
     seed: int = 0
+    n_perm: int = 0
+    correction: str = "holm"
+    alpha: float = 0.05
+    mde_power: float = 0.8
     levels: Mapping[str, Sequence[str]] = field(default_factory=dict)  # expected groups per column
 
 
@@ -75,6 +76,7 @@ class Evaluation:
     meta: dict
     reliability: dict[str, pd.DataFrame]  # attr -> per group and bin (plots)
     confusion: np.ndarray
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)  # bootstrap, per key
 
 
 def prepare(df: pd.DataFrame, s: Settings, source: str = "<predictions>") -> Prepared:
@@ -111,8 +113,12 @@ def point_metrics(
     u = fm.utility(y, prob, n_classes=K, min_group_size=mgs, where="all images")
     for k in ("accuracy", "macro_f1", "balanced_accuracy", "auroc_macro"):
         m[k] = u[k]
+    m["brier"] = fm.brier_score(y, prob, n_classes=K)
+    m["nll"] = fm.nll(y, prob, n_classes=K)
+    auc = fm.auroc_per_class(y, prob, n_classes=K)
     for c, name in enumerate(s.classes):
         m[f"f1/{name}"] = float(u["f1"][c])
+        m[f"auroc/{name}"] = float(auc[c])
     m["var_f1"] = fm.var_f1(u["f1"])
     m["ece"] = float(
         fm.ece_by_group(
@@ -132,6 +138,7 @@ def point_metrics(
         m[f"eq_odds/{attr}/worst_case_max"] = wc["worst_case_max"]
         m[f"eq_odds/{attr}/worst_case_mean"] = wc["worst_case_mean"]
         m[f"ece_gap/{attr}/binned"] = fm.ece_gap_binned(y, prob, n_bins=s.ece_bins, **kw)
+        _threshold_free(m, bg, y, prob, attr, gr, s)
         if attr in p.paper_subgroups:
             m[f"f1_gap/{attr}/paper"] = fm.f1_gap_paper(
                 y,
@@ -169,6 +176,42 @@ def point_metrics(
     return m, bg
 
 
+def _threshold_free(m: dict, bg: dict, y, prob, attr: str, gr: fm.Groups, s: Settings) -> None:
+    """Per group: AUROC per class and macro, Brier, NLL, TPR and FNR per class; their max - min gaps
+    (``auroc_gap``, ``brier_gap``, ``nll_gap``, ``fnr_gap/<attr>/<Class>``) and ``auroc_worst``."""
+    K, G = len(s.classes), len(gr.labels)
+    auc, tpr = np.full((G, K), np.nan), np.full((G, K), np.nan)
+    brier, nll, macro = np.full(G, np.nan), np.full(G, np.nan), np.full(G, np.nan)
+    for g in range(G):
+        mk = gr.mask(g)
+        if mk.sum() < max(s.min_group_size, 1):
+            continue
+        yg, pg = y[mk], prob[mk]
+        auc[g] = fm.auroc_per_class(yg, pg, n_classes=K)
+        macro[g] = auc[g].mean()
+        brier[g] = fm.brier_score(yg, pg, n_classes=K)
+        nll[g] = fm.nll(yg, pg, n_classes=K)
+        for c in range(K):
+            pos = yg == c
+            tpr[g, c] = np.mean(pg[pos].argmax(1) == c) if pos.any() else np.nan
+
+    def spread(v):
+        return float(v.max(axis=0) - v.min(axis=0)) if G > 1 else float("nan")
+
+    m[f"auroc_gap/{attr}"] = spread(macro)
+    m[f"brier_gap/{attr}"] = spread(brier)
+    m[f"nll_gap/{attr}"] = spread(nll)
+    for c, name in enumerate(s.classes):
+        m[f"fnr_gap/{attr}/{name}"] = spread(1.0 - tpr[:, c])
+    m[f"auroc_worst/{attr}"] = float(macro.min())
+    for g, label in enumerate(gr.labels):
+        bg[("brier", attr, label)] = float(brier[g])
+        bg[("nll", attr, label)] = float(nll[g])
+        for c, name in enumerate(s.classes):
+            bg[(f"fnr/{name}", attr, label)] = float(1.0 - tpr[g, c])
+            bg[(f"auroc/{name}", attr, label)] = float(auc[g, c])
+
+
 def _labels(gr: fm.Groups) -> list[str]:
     return list(gr.labels)
 
@@ -177,78 +220,88 @@ def _dedupe(msgs: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(msgs))
 
 
+def design(p: Prepared, s: Settings) -> Design:
+    return Design(
+        patients=p.patients,
+        groupings=p.groupings,
+        paper_subgroups=p.paper_subgroups,
+        classes=tuple(s.classes),
+        n_bins=s.ece_bins,
+        min_group_size=s.min_group_size,
+        n_boot=s.n_boot,
+        n_perm=s.n_perm,
+        ci_level=s.ci_level,
+        alpha=s.alpha,
+        mde_power=s.mde_power,
+        correction=s.correction,
+        seed=s.seed,
+    )
+
+
 def evaluate_frame(df: pd.DataFrame, s: Settings, source: str = "<predictions>") -> Evaluation:
-    """All metrics, their patient-bootstrap intervals and group sizes for one predictions table."""
-    p = prepare(df, s, source)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", fm.FairnessWarning)
-        point, point_bg = point_metrics(p, s)
-    msgs = [str(w.message) for w in caught if issubclass(w.category, fm.FairnessWarning)]
-    boot, boot_bg = _replicates(p, s)
+    """All metrics, their patient-bootstrap intervals, the gaps' permutation inference and group
+    sizes for one predictions table."""
+    return evaluate_runs([df], s, [source])
 
-    def interval(name: str, samples: np.ndarray | None, value: float) -> tuple[float, float]:
-        if samples is None:
-            return float("nan"), float("nan")
-        lo, hi, used = percentile_interval(samples, s.ci_level)
-        if math.isfinite(value) and used < s.n_boot:
-            msgs.append(
-                f"{name}: {s.n_boot - used} of {s.n_boot} bootstrap replicates undefined "
-                f"(a resampled group too small or lacking a class); interval from the other {used}"
-            )
-        return lo, hi
 
-    metrics: dict[str, float] = {}
-    for k, v in point.items():
-        lo, hi = interval(k, boot.get(k), v)
-        metrics[k] = v
-        metrics[f"{k}/ci_low"] = lo
-        metrics[f"{k}/ci_high"] = hi
+def evaluate_runs(
+    dfs: Sequence[pd.DataFrame], s: Settings, sources: Sequence[str], salt: str = ""
+) -> Evaluation:
+    """One cell: several runs' predictions on the same test rows (one per seed), combined as in
+    :mod:`fairxray.metrics.inference` (identical runs count once)."""
+    preps = [prepare(df, s, src) for df, src in zip(dfs, sources, strict=True)]
+    ids = dfs[0]["image_id"].astype(str).to_numpy()
+    for df, src in zip(dfs[1:], sources[1:], strict=True):
+        if not np.array_equal(df["image_id"].astype(str).to_numpy(), ids):
+            raise UserError(f"{src}: image_id rows differ from {sources[0]}; seeds must share rows")
+    keep = distinct_runs([(q.y, q.prob) for q in preps])
+    preps = [preps[i] for i in keep]
+    p = preps[0]
+    points, gpoints, msgs = [], [], []
+    for q in preps:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", fm.FairnessWarning)
+            pt, bg = point_metrics(q, s)
+        points.append(pt)
+        gpoints.append(bg)
+        msgs += [str(w.message) for w in caught if issubclass(w.category, fm.FairnessWarning)]
+    ci = infer_cell(points, gpoints, [(q.y, q.prob) for q in preps], design(p, s), salt)
+    metrics = dict(ci.metrics)
+    metrics["n_seeds"] = len(dfs)
+    metrics["n_runs"] = ci.n_runs
     metrics["n/images"] = len(p.y)
     metrics["n/patients"] = int(pd.Series(p.patients).nunique())
     rows = []
     for attr, gr in p.groupings.items():
         for g, label in enumerate(gr.labels):
             metrics[f"n/{attr}/{label}"] = int(gr.sizes[g])
-        rows += _group_rows(p, attr, gr, point_bg, boot_bg, interval)
-    pred = p.prob.argmax(axis=1)
+        rows += _group_rows(p, attr, gr, ci.by_group)
     K = len(s.classes)
-    confusion = np.bincount(p.y * K + pred, minlength=K * K).reshape(K, K)
+    confusion = np.bincount(p.y * K + p.prob.argmax(axis=1), minlength=K * K).reshape(K, K)
+    meta = _meta(p, s, ", ".join(sources))
+    meta["ci_methods"] = ci.ci_methods
+    meta["n_runs"] = ci.n_runs
+    meta["deterministic"] = ci.n_runs == 1 and len(dfs) > 1
+    meta["notes"] = undefined_summary(ci.undefined, s.n_boot)
     return Evaluation(
         metrics,
         pd.DataFrame(rows),
         _dedupe(msgs),
-        _meta(p, s, source),
+        meta,
         _reliability(p, s),
         confusion,
+        ci.replicates,
     )
 
 
-def _replicates(p: Prepared, s: Settings):
-    """Bootstrap replicates of every metric (overall, per group); empty without ``n_boot``."""
-    if s.n_boot <= 0:
-        return {}, {}
-    W = patient_weights(p.patients, s.n_boot, s.seed)
-    return replicate_metrics(
-        W,
-        y=p.y,
-        prob=p.prob,
-        classes=s.classes,
-        groupings=p.groupings,
-        paper_subgroups=p.paper_subgroups,
-        n_bins=s.ece_bins,
-        min_group_size=s.min_group_size,
-    )
-
-
-def _group_rows(p: Prepared, attr: str, gr, point_bg, boot_bg, interval) -> list[dict]:
+def _group_rows(p: Prepared, attr: str, gr, by_group) -> list[dict]:
     """``by_group.csv`` rows of one attribute: value, interval, images and patients per group."""
     pats = [int(pd.Series(p.patients[gr.mask(g)]).nunique()) for g in range(len(gr.labels))]
     rows = []
-    for (metric, a, label), v in point_bg.items():
+    for (metric, a, label), (v, lo, hi) in by_group.items():
         if a != attr:
             continue
         g = gr.labels.index(label)
-        lo, hi = interval(f"{metric} {attr}={label}", boot_bg.get((metric, a, label)), v)
         rows.append(
             {
                 "metric": metric,
@@ -287,7 +340,14 @@ def _meta(p: Prepared, s: Settings, source: str) -> dict:
         "groups": {a: list(g.labels) for a, g in p.groupings.items()},
         "n_boot": s.n_boot,
         "ci_level": s.ci_level,
-        "ci_method": "percentile bootstrap over patients (rows of a drawn patient kept together)",
+        "ci_method": "percentile bootstrap over patients (rows of a drawn patient kept together), "
+        "seeds evaluated on the same resamples and averaged; BC or normal where the percentile "
+        "interval excludes the estimate (ci_methods)",
+        "n_perm": s.n_perm,
+        "null": "permutation of the sensitive values across patients (a patient's images together)",
+        "correction": s.correction,
+        "alpha": s.alpha,
+        "mde_power": s.mde_power,
         "ece_bins": s.ece_bins,
         "min_group_size": s.min_group_size,
         "seed": s.seed,
@@ -318,11 +378,11 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path, *, profile: str) -> Pa
     meta = {
         **ev.meta,
         "profile": profile,
-        "label": DEMO_BANNER if demo else "NIH ChestX-ray14 results",
+        "label": _label(demo),
         "warnings": ev.warnings,
     }
     (tmp / "evaluation.json").write_text(json.dumps(meta, indent=2) + "\n")
-    ev.by_group.to_csv(tmp / "by_group.csv", index=False)
+    labelled(ev.by_group, demo).to_csv(tmp / "by_group.csv", index=False)
     plot_group_f1(ev.by_group, tmp / "group_f1.png", demo=demo)
     plot_reliability(ev.reliability, tmp / "reliability.png", demo=demo)
     plot_confusion(ev.confusion, ev.meta["classes"], tmp / "confusion.png", demo=demo)
@@ -332,6 +392,95 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path, *, profile: str) -> Pa
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def labelled(df: pd.DataFrame, demo: bool) -> pd.DataFrame:
+    """``df`` with a first ``label`` column holding the DEMO banner in the demo profile."""
+    return df.assign(label=DEMO_BANNER)[["label", *df.columns]] if demo else df
+
+
+def cell_dir(model: str, method: str, split: str = "test") -> Path:
+    """``metrics/<model>/<method>/``: the cell's ``cell.json``, ``cell_by_group.csv`` and
+    ``replicates.npz`` beside its ``seed<k>/`` folders."""
+    return paths.metrics_dir(model, method, 0, split).parent
+
+
+def write_cell(ev: Evaluation, out_dir: str | Path, *, profile: str, pairing: str) -> Path:
+    """The cell's files: ``cell.json`` (every key of ``metrics.json`` for all seeds combined, plus
+    ``n_seeds``, ``n_runs``, ``seed_sd/<key>``), ``cell_by_group.csv``, ``cell_evaluation.json`` and
+    ``replicates.npz`` (the combined bootstrap replicates per key, float32, with ``pairing``: a
+    digest of the patients, ``n_boot`` and seed; two cells with the same pairing used the same
+    patient resamples, which :func:`fairxray.metrics.paired.paired_bootstrap` checks)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    demo = profile == "demo"
+    files = {
+        "cell.json": json.dumps({k: _json_value(v) for k, v in ev.metrics.items()}, indent=2),
+        "cell_evaluation.json": json.dumps(
+            {**ev.meta, "profile": profile, "label": _label(demo), "warnings": ev.warnings},
+            indent=2,
+        ),
+    }
+    for name, text in files.items():
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(text + "\n")
+        os.replace(tmp, out / name)
+    tmp = out / f".cell_by_group.csv.tmp-{os.getpid()}"
+    labelled(ev.by_group, demo).to_csv(tmp, index=False)
+    os.replace(tmp, out / "cell_by_group.csv")
+    keys = sorted(ev.replicates)
+    tmp = out / f".replicates.tmp-{os.getpid()}.npz"
+    np.savez_compressed(
+        tmp,
+        keys=np.asarray(keys),
+        values=np.stack([ev.replicates[k] for k in keys]).astype(np.float32)
+        if keys
+        else np.zeros((0, 0), np.float32),
+        pairing=np.asarray(pairing),
+    )
+    os.replace(tmp, out / "replicates.npz")
+    return out
+
+
+def pairing_digest(df: pd.DataFrame, s: Settings) -> str:
+    """Same test patients (sorted), ``n_boot`` and seed -> same bootstrap resamples."""
+    import hashlib
+
+    pats = ",".join(sorted(df["patient_id"].astype(str).unique()))
+    return hashlib.sha256(f"{pats}|{s.n_boot}|{s.seed}".encode()).hexdigest()[:16]
+
+
+def evaluate_cell(
+    model: str, method: str, seeds: Sequence[int], split: str, s: Settings, profile: str
+) -> tuple[list[Evaluation], Evaluation]:
+    """``evaluate --model M --method X``: every seed's folder, then the cell (all seeds combined;
+    with one distinct run the cell equals that run and is not recomputed)."""
+    dfs, evs, srcs = [], [], []
+    for seed in seeds:
+        pred = paths.prediction_file(model, method, seed, split)
+        df = read_predictions(pred, s.classes, s.sensitive)
+        ev = evaluate_frame(df, s, str(pred))
+        write_evaluation(ev, paths.metrics_dir(model, method, seed, split), profile=profile)
+        dfs.append(df)
+        evs.append(ev)
+        srcs.append(str(pred))
+    if (
+        len(dfs) == 1
+        or len(distinct_runs([(None, q[prob_columns(s.classes)].to_numpy()) for q in dfs])) == 1
+    ):
+        cell = evs[0]
+        cell.metrics["n_seeds"] = len(dfs)
+        cell.meta["deterministic"] = len(dfs) > 1
+    else:
+        cell = evaluate_runs(dfs, s, srcs, salt=f"{model}/{method}")
+    write_cell(
+        cell, cell_dir(model, method, split), profile=profile, pairing=pairing_digest(dfs[0], s)
+    )
+    return evs, cell
+
+
+def _label(demo: bool) -> str:
+    return DEMO_BANNER if demo else "NIH ChestX-ray14 results"
 
 
 def settings(p) -> Settings:
@@ -349,6 +498,10 @@ def settings(p) -> Settings:
         ece_bins=m.ece_bins,
         min_group_size=m.min_group_size,
         seed=m.seed,
+        n_perm=m.n_perm,
+        correction=m.correction,
+        alpha=m.alpha,
+        mde_power=m.mde_power,
         levels=levels,
     )
 

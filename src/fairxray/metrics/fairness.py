@@ -12,8 +12,8 @@ Conventions (every function):
 - A group with fewer than ``min_group_size`` images (or none), or, for the metrics that need every
   class (per-class F1, macro-F1, balanced accuracy, AUROC, TPR), lacking a class, gives NaN and a
   :class:`FairnessWarning`; a gap over groups is NaN when any group is NaN. Never a silent 0.
-- Variants are named: ``paper`` follows the authors' ``calculate_metrics.py`` (paper-protocol.md §4)
-  and is defined for exactly two groups; ``standard`` / ``worst_case`` / ``binned`` take any number.
+- Variants are named: ``paper`` follows the authors' ``calculate_metrics.py`` (the
+  authors' released evaluation script) and is defined for exactly two groups; ``standard`` / ``worst_case`` / ``binned`` take any number.
 
 fairlearn and scikit-learn compute what they can (F1, accuracy, balanced accuracy, AUROC, MetricFrame
 group differences, fairlearn's equalized-odds difference); this module adds the one-vs-rest handling,
@@ -33,6 +33,7 @@ import pandas as pd
 from fairlearn.metrics import MetricFrame, equalized_odds_difference
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
+NLL_EPS = 1e-15  # probabilities are clipped at this floor before the log (a 0 would give inf)
 JOIN = "&"  # attribute and group names of intersections: "age_group&sex", "60-99&M"
 
 
@@ -167,6 +168,36 @@ def macro_auroc(y_true, y_prob, *, n_classes: int) -> float:
             return float("nan")
         out.append(roc_auc_score(pos, y_prob[:, c]))
     return float(np.mean(out))
+
+
+def auroc_per_class(y_true, y_prob, *, n_classes: int) -> np.ndarray:
+    """One-vs-rest ``AUROC_c = roc_auc_score(y == c, p_c)`` per class; NaN where class c has no
+    positive or no negative."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=float)
+    out = np.full(n_classes, np.nan)
+    for c in range(n_classes):
+        pos = y_true == c
+        if pos.any() and not pos.all():
+            out[c] = roc_auc_score(pos, y_prob[:, c])
+    return out
+
+
+def brier_score(y_true, y_prob, *, n_classes: int) -> float:
+    """Multi-class Brier score ``mean_i sum_c (p_ic - 1[y_i = c])^2`` (0 perfect, 2 worst); NaN on
+    an empty set. Proper: rewards calibration and sharpness together."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=float)
+    if len(y_true) == 0:
+        return float("nan")
+    return float(((y_prob - np.eye(n_classes)[y_true]) ** 2).sum(axis=1).mean())
+
+
+def nll(y_true, y_prob, *, n_classes: int) -> float:
+    """Negative log-likelihood ``mean_i -log p_i,y_i`` (scikit-learn's ``log_loss`` on rows that sum
+    to 1), probabilities clipped at :data:`NLL_EPS`; NaN on an empty set."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=float)
+    if len(y_true) == 0:
+        return float("nan")
+    return float(-np.log(np.clip(y_prob[np.arange(len(y_true)), y_true], NLL_EPS, 1.0)).mean())
 
 
 def utility(y_true, y_prob, *, n_classes: int, min_group_size: int = 1, where: str = "all") -> dict:
@@ -448,7 +479,7 @@ def f1_gap_paper(
     min_group_size: int = 1,
     levels=None,
 ) -> float:
-    """The paper's signed F1_delta for ``attribute`` (paper-protocol.md §4, ``calculate_metrics.py``).
+    """The paper's signed F1_delta for ``attribute`` (the authors' ``calculate_metrics.py``).
 
     Subgroups are ``attribute`` x every other column of ``sensitive_features`` (the paper: age x
     sex). With ``a_1, a_2`` the attribute's two levels in order and ``F1(a, o)`` the paper macro-F1

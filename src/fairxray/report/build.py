@@ -1,11 +1,13 @@
-"""Every run's ``metrics.json`` -> the paper's two tables (Markdown, CSV, one self-contained HTML).
+"""Every cell's ``cell.json`` -> the paper's tables (Markdown, CSV, one self-contained HTML).
 
-Table 1 (utility): accuracy, per-disease F1, Var_F1. Table 2 (fairness): F1 gap, equalized odds and
-ECE gap for each sensitive attribute, every variant named. One row per model x method: the mean over
-seeds and an interval: with two or more seeds a Student-t interval over the seed means
-(``mean +- t_{(1+level)/2, n-1} * sd / sqrt(n)``); with one seed that run's patient-bootstrap
-interval, and the ``ci`` column says which. Then "paper vs here" (the published numbers of
-paper-protocol.md §5 beside ours where the cell exists) and the deviations from the authors' code.
+Table 1 (utility): accuracy, per-disease F1, Var_F1, AUROC, Brier, NLL, ECE. Table 2 (fairness): F1
+gap, equalized odds, ECE, AUROC, Brier and NLL gaps for each sensitive attribute and the age x sex
+intersection, every variant named, ``*`` where the gap stays significant after correction. Table 3:
+each gap's inference (interval, null mean, excess, p-values, MDE, group sizes); table 4: per-group
+values with intervals; table 5: paired comparisons (``paired_comparisons.csv``). One row per model x
+method: the cell's estimate (mean over its distinct runs) and the combined seed x patient interval of
+:mod:`fairxray.metrics.inference`. Then "paper vs here" (the published numbers beside ours where the
+cell exists) and the deviations from the authors' code.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ import pandas as pd
 
 from fairxray import DEMO_BANNER, paths
 from fairxray.config import Params
+from fairxray.metrics.bootstrap import is_gap_key
+from fairxray.metrics.evaluate import labelled
+from fairxray.report.cells import UTILITY, gap_table, how_to_read, paired_table, read_cells
 
 DEMO_LABEL = "synthetic-image, demo-model results"
 
-# paper-protocol.md §5: the only published cells recoverable (third-party summaries of the paper).
+# The only published cells recoverable from third-party summaries of the paper (the full tables are
+# not public).
 # (model, method or None when the paper does not say, metrics.json key, value, what was published)
 PUBLISHED = (
     (
@@ -195,54 +201,32 @@ def collect(p: Params, root: str | Path = ".") -> Collected:
     )
 
 
-def seed_interval(values: Sequence[float], level: float) -> tuple[float, float, float, int]:
-    """Mean over seeds and the Student-t interval ``mean +- t_{(1+level)/2, n-1} sd/sqrt(n)``
-    (ddof 1) over the finite values; NaN bounds with fewer than two."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    mean = float(v.mean())
-    if n < 2:
-        return mean, float("nan"), float("nan"), n
-    half = float(stats.t.ppf((1 + level) / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return mean, mean - half, mean + half, n
-
-
-def aggregate(runs: pd.DataFrame, keys: Sequence[str], level: float) -> pd.DataFrame:
-    """One row per model x method: for each key its mean, ci_low, ci_high, and ``n_seeds``/``ci``."""
-    out = []
-    for (model, method), r in runs.groupby(["model", "method"], sort=False):
-        row: dict = {"model": model, "method": method, "n_seeds": len(r)}
-        row["ci"] = f"seeds (t, n={len(r)})" if len(r) > 1 else "patient bootstrap (1 seed)"
-        for k in keys:
-            vals = r[k].to_numpy(dtype=float) if k in r else np.full(len(r), np.nan)
-            mean, lo, hi, _ = seed_interval(vals, level)
-            if len(r) == 1:
-                lo = float(r[f"{k}/ci_low"].iloc[0]) if f"{k}/ci_low" in r else float("nan")
-                hi = float(r[f"{k}/ci_high"].iloc[0]) if f"{k}/ci_high" in r else float("nan")
-            row[k], row[f"{k}/ci_low"], row[f"{k}/ci_high"] = mean, lo, hi
-        out.append(row)
-    return pd.DataFrame(out)
-
-
 def table_keys(p: Params) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(key, column title) of table 1 and table 2."""
     t1 = [("accuracy", "Accuracy")]
     t1 += [(f"f1/{c}", f"F1 {c}") for c in p.data.classes]
-    t1 += [("var_f1", "Var_F1")]
+    t1 += [("var_f1", "Var_F1"), ("auroc_macro", "AUROC (macro)"), ("brier", "Brier")]
+    t1 += [("nll", "NLL"), ("ece", "ECE (binned)")]
     t2 = []
-    for a in p.metrics.sensitive:
-        t2 += [
-            (f"f1_gap/{a}/paper", f"F1_delta {a} (paper, signed)"),
+    attrs = list(p.metrics.sensitive)
+    for a in [*attrs, "&".join(attrs)] if len(attrs) > 1 else attrs:
+        paper = (
+            []
+            if "&" in a
+            else [
+                (f"f1_gap/{a}/paper", f"F1_delta {a} (paper, signed)"),
+                (f"eq_odds/{a}/paper", f"EqOdds {a} (paper)"),
+                (f"ece_gap/{a}/paper", f"ECE_delta {a} (paper, un-binned; accuracy-driven)"),
+            ]
+        )
+        t2 += paper + [
             (f"f1_gap/{a}/standard", f"F1 gap {a} (max-min)"),
-            (f"eq_odds/{a}/paper", f"EqOdds {a} (paper)"),
             (f"eq_odds/{a}/worst_case_max", f"EqOdds {a} (fairlearn worst case, max over classes)"),
-            (f"ece_gap/{a}/paper", f"ECE_delta {a} (paper, un-binned)"),
-            (f"ece_gap/{a}/binned", f"ECE gap {a} ({'binned'})"),
+            (f"ece_gap/{a}/binned", f"ECE gap {a} (binned)"),
+            (f"auroc_gap/{a}", f"AUROC gap {a} (max-min)"),
+            (f"auroc_worst/{a}", f"worst-group AUROC {a}"),
+            (f"brier_gap/{a}", f"Brier gap {a}"),
+            (f"nll_gap/{a}", f"NLL gap {a}"),
         ]
     return t1, t2
 
@@ -252,12 +236,17 @@ def _fmt(v: float, digits: int) -> str:
 
 
 def _cell(row, key: str, digits: int) -> str:
-    v, lo, hi = row[key], row[f"{key}/ci_low"], row[f"{key}/ci_high"]
+    """'value [low, high]', with ' *' where the gap is significant after correction."""
+    if key not in row:
+        return "n/a"
+    v = row[key]
+    lo, hi = row.get(f"{key}/ci_low", np.nan), row.get(f"{key}/ci_high", np.nan)
     if not math.isfinite(v):
         return "n/a"
+    star = " *" if row.get(f"{key}/significant", 0.0) == 1.0 else ""
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return _fmt(v, digits)
-    return f"{_fmt(v, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+        return _fmt(v, digits) + star
+    return f"{_fmt(v, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]{star}"
 
 
 def display_table(agg: pd.DataFrame, cols: Sequence[tuple[str, str]]) -> pd.DataFrame:
@@ -272,7 +261,23 @@ def csv_table(agg: pd.DataFrame, cols: Sequence[tuple[str, str]]) -> pd.DataFram
     keep = ["model", "method", "n_seeds", "ci"]
     for key, _ in cols:
         keep += [key, f"{key}/ci_low", f"{key}/ci_high"]
+        if is_gap_key(key):
+            keep += [f"{key}/p_adjusted", f"{key}/significant"]
     return agg.reindex(columns=keep)
+
+
+def cell_rows(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells as report rows: ``n_seeds`` and a ``ci`` column naming the interval."""
+    agg = cells.copy()
+    runs = agg.get("n_runs", agg["n_seeds"]).astype(int)
+    agg["n_seeds"] = agg["n_seeds"].astype(int)
+    agg["ci"] = [
+        f"patients x seeds ({r} runs)"
+        if r > 1
+        else "patients (1 run" + (", deterministic)" if n > 1 else ")")
+        for r, n in zip(runs, agg["n_seeds"], strict=True)
+    ]
+    return agg
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -334,8 +339,9 @@ def figure_accuracy_vs_gaps(agg: pd.DataFrame, t2: Sequence[tuple[str, str]], de
             x, y = r[key], r["accuracy"]
             if not (math.isfinite(x) and math.isfinite(y)):
                 continue
-            xerr = [[max(x - r[f"{key}/ci_low"], 0)], [max(r[f"{key}/ci_high"] - x, 0)]]
-            yerr = [[max(y - r["accuracy/ci_low"], 0)], [max(r["accuracy/ci_high"] - y, 0)]]
+            # Every interval contains its estimate (inference.interval), so nothing is clipped.
+            xerr = [[x - r.get(f"{key}/ci_low", np.nan)], [r.get(f"{key}/ci_high", np.nan) - x]]
+            yerr = [[y - r["accuracy/ci_low"]], [r["accuracy/ci_high"] - y]]
             xerr = np.nan_to_num(np.asarray(xerr, dtype=float))
             yerr = np.nan_to_num(np.asarray(yerr, dtype=float))
             ax.errorbar(
@@ -356,7 +362,8 @@ def figure_accuracy_vs_gaps(agg: pd.DataFrame, t2: Sequence[tuple[str, str]], de
 
 
 def figure_group_bars(by_group: pd.DataFrame, metric: str, demo: bool):
-    """Per-group ``metric`` (mean over seeds) for every model x method, one panel per attribute."""
+    """Per-group ``metric`` of every cell with its interval as an error bar, one panel per
+    attribute. The axis spans every bar's interval: no error bar is clipped."""
     plt = _pyplot()
     d = by_group[by_group["metric"] == metric]
     attrs = list(dict.fromkeys(d["attribute"])) if len(d) else []
@@ -365,19 +372,25 @@ def figure_group_bars(by_group: pd.DataFrame, metric: str, demo: bool):
     )
     for ax, attr in zip(axes[0], attrs, strict=False):
         a = d[d["attribute"] == attr]
-        mean = a.groupby(["model", "method", "group"], sort=False)["value"].mean().unstack("group")
         groups = list(dict.fromkeys(a["group"]))
-        mean = mean.reindex(columns=groups)
+        cells = list(dict.fromkeys(zip(a["model"], a["method"], strict=True)))
         width = 0.8 / max(len(groups), 1)
-        x = np.arange(len(mean))
+        x = np.arange(len(cells))
         for j, g in enumerate(groups):
-            ax.bar(x + j * width, mean[g].to_numpy(dtype=float), width, label=g)
+            rows = a[a["group"] == g].set_index(["model", "method"]).reindex(cells)
+            v = rows["value"].to_numpy(dtype=float)
+            err = np.vstack(
+                [v - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - v]
+            )
+            ax.bar(x + j * width, v, width, yerr=np.nan_to_num(err), capsize=2, label=g)
+        lo = np.nanmin(np.r_[a["ci_low"].to_numpy(float), a["value"].to_numpy(float), 0.0])
+        hi = np.nanmax(np.r_[a["ci_high"].to_numpy(float), a["value"].to_numpy(float)])
+        ax.set_ylim(lo - 0.02, hi + 0.02)
         ax.set_xticks(x + 0.4 - width / 2)
-        ax.set_xticklabels([f"{m}\n{k}" for m, k in mean.index], fontsize=6)
-        ax.set_ylim(0, 1)
+        ax.set_xticklabels([f"{m}\n{k}" for m, k in cells], fontsize=6)
         ax.set_title(f"{metric} by {attr}", fontsize=8)
         ax.legend(fontsize=6)
-    title = f"Per-group {metric}, mean over seeds"
+    title = f"Per-group {metric} with {'intervals'} (cell estimate, all seeds combined)"
     fig.suptitle(f"{DEMO_BANNER}\n{title}" if demo else title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -425,32 +438,57 @@ def build_report(
     profile: str | None = None,
 ) -> dict:
     """Write the report into ``out_dir`` atomically; return a summary (rows, missing runs, files)."""
+    from fairxray.errors import UserError
+
     c = collect(p, root)
+    cells = read_cells(p, root)
+    if cells.table.empty:
+        raise UserError(
+            f"report: no cell.json under {Path(root) / paths.METRICS}; run `fairxray evaluate "
+            "--model M --method X` first"
+        )
     profile = profile or ("demo" if "demo" in c.profiles else p.profile)
     demo = profile == "demo"
     t1, t2 = table_keys(p)
-    agg = aggregate(c.runs, [k for k, _ in t1 + t2], p.metrics.ci_level)
+    agg = cell_rows(cells.table)
+    gaps = gap_table(cells)
+    keys = [*UTILITY, *[k for k, _ in t2 if is_gap_key(k)]]
+    paired, pair_notes = paired_table(p, cells, keys)
     tables = {
         "tab1": display_table(agg, t1),
         "tab2": display_table(agg, t2),
+        "tab3": _gap_display(gaps[gaps["table"] == "fairness"]) if len(gaps) else gaps,
+        "tab4": _group_display(cells.by_group),
+        "tab5": _paired_display(paired),
         "pvh": paper_vs_here(agg, demo),
         "dev": pd.DataFrame(
             DEVIATIONS, columns=["choice", "what differs from the released code, and why"]
         ),
     }
-    notes = _notes(p, c, profile, demo)
+    notes = _notes(p, c, profile, demo) + pair_notes
+    if cells.missing:
+        notes.append(f"Missing cells ({len(cells.missing)}): " + ", ".join(cells.missing))
+    read = how_to_read(p, cells, gaps)
 
     tmp = Path(out_dir).with_name(f".{Path(out_dir).name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "figures").mkdir(parents=True)
-    _write_data(tmp, agg, t1, t2, tables["pvh"])
+    _write_data(tmp, agg, t1, t2, tables["pvh"], demo)
+    for name, df in (
+        ("gap_inference", gaps),
+        ("groups", cells.by_group),
+        ("paired_comparisons", paired),
+    ):
+        labelled(df, demo).to_csv(tmp / f"{name}.csv", index=False)
     fig1 = _png(figure_accuracy_vs_gaps(agg, t2, demo))
-    fig2 = _png(figure_group_bars(c.by_group, "macro_f1", demo)) if len(c.by_group) else None
+    fig2 = (
+        _png(figure_group_bars(cells.by_group, "macro_f1", demo)) if len(cells.by_group) else None
+    )
     (tmp / "figures" / "accuracy_vs_gaps.png").write_bytes(fig1)
     if fig2:
         (tmp / "figures" / "group_macro_f1.png").write_bytes(fig2)
-    _write_markdown(tmp, tables, notes, demo, bool(fig2))
-    _write_html(tmp, tables, notes, demo, fig1, fig2)
+    _write_markdown(tmp, tables, notes, read, demo, bool(fig2))
+    _write_html(tmp, tables, notes, read, demo, fig1, fig2)
     out_dir = _publish(tmp, Path(out_dir))
     return {
         "rows": len(agg),
@@ -458,11 +496,77 @@ def build_report(
         "missing": c.missing,
         "out": str(out_dir),
         "profile": profile,
+        "significant": _significant_lines(gaps),
+        "paired": int(len(paired)),
     }
 
 
+def _significant_lines(gaps: pd.DataFrame) -> list[str]:
+    """One line per cell: its gaps significant after correction, with their adjusted p-values."""
+    out = []
+    if not len(gaps):
+        return out
+    for (model, method), g in gaps.groupby(["model", "method"], sort=False):
+        sig = g[g["significant"] == 1.0]
+        parts = [f"{r.gap} {r.value:.3f} (p_adj {r.p_adjusted:.4f})" for r in sig.itertuples()]
+        out.append(f"{model}/{method}: " + ("; ".join(parts) if parts else "no significant gap"))
+    return out
+
+
+def _gap_display(g: pd.DataFrame) -> pd.DataFrame:
+    out = g[["model", "method", "gap"]].copy()
+    out["value [interval]"] = [
+        f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" if math.isfinite(r.value) else "n/a"
+        for r in g.itertuples()
+    ]
+    out["ci"] = g["ci_method"]
+    for c in ("null_mean", "excess", "mde"):
+        out[c] = [_fmt(v, 3) for v in g[c]]
+    out["p"] = [_fmt(v, 4) for v in g["p_value"]]
+    out["p_adj"] = [_fmt(v, 4) for v in g["p_adjusted"]]
+    out["significant"] = [
+        "yes" if v == 1.0 else "no" if v == 0.0 else "n/a" for v in g["significant"]
+    ]
+    out["groups (n)"] = g["group_sizes"]
+    return out
+
+
+def _group_display(bg: pd.DataFrame) -> pd.DataFrame:
+    if not len(bg):
+        return pd.DataFrame()
+    d = bg[bg["metric"].isin(["macro_f1", "auroc_macro"])]
+    out = d[["model", "method", "metric", "attribute", "group", "n"]].copy()
+    out["value [interval]"] = [
+        f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" if math.isfinite(r.value) else "n/a"
+        for r in d.itertuples()
+    ]
+    return out
+
+
+def _paired_display(t: pd.DataFrame) -> pd.DataFrame:
+    if not len(t):
+        return pd.DataFrame(columns=["comparison"])
+    out = pd.DataFrame(
+        {
+            "comparison": [
+                f"{r.model}/{r.method} - {r.ref_model}/{r.ref_method}" for r in t.itertuples()
+            ],
+            "metric": t["metric"],
+            "diff [interval]": [
+                f"{r.diff:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+                if math.isfinite(r.diff)
+                else "n/a"
+                for r in t.itertuples()
+            ],
+            "p": [_fmt(v, 4) for v in t["p_value"]],
+            "p_adj": [_fmt(v, 4) for v in t["p_adjusted"]],
+            "significant": ["yes" if v == 1.0 else "no" for v in t["significant"]],
+        }
+    )
+    return out
+
+
 def _notes(p: Params, c: Collected, profile: str, demo: bool) -> list[str]:
-    level = p.metrics.ci_level
     proto = f"Protocol: {p.data.protocol}" + (
         " (the paper's sampling, with its train/test leakage kept for comparability)"
         if p.data.protocol == "nih6x200-paper"
@@ -473,20 +577,20 @@ def _notes(p: Params, c: Collected, profile: str, demo: bool) -> list[str]:
     notes = [
         f"Profile: {profile}" + (f" -- {DEMO_BANNER}" if demo else ""),
         proto,
-        f"Cells: mean over seeds [{int(level * 100)} % interval]; column 'ci' names the interval "
-        "(Student t over seeds, or the run's patient bootstrap when there is one seed).",
-        "Values are fractions (0.596 = 59.6 %). n/a = undefined (see each run's evaluation.json).",
+        "Values are fractions (0.596 = 59.6 %). n/a = undefined (see each cell's "
+        "cell_evaluation.json).",
     ]
     if c.missing:
         notes.append(f"Missing runs ({len(c.missing)}): " + ", ".join(c.missing))
     return notes
 
 
-def _write_data(tmp: Path, agg: pd.DataFrame, t1, t2, pvh: pd.DataFrame) -> None:
-    """The CSV tables, the scatter data of the DVC plots and ``summary.json``."""
-    csv_table(agg, t1).to_csv(tmp / "table1_utility.csv", index=False)
-    csv_table(agg, t2).to_csv(tmp / "table2_fairness.csv", index=False)
-    pvh.to_csv(tmp / "paper_vs_here.csv", index=False)
+def _write_data(tmp: Path, agg: pd.DataFrame, t1, t2, pvh: pd.DataFrame, demo: bool) -> None:
+    """The CSV tables, the scatter data of the DVC plots and ``summary.json`` (every one carries
+    the DEMO label in the demo profile)."""
+    labelled(csv_table(agg, t1), demo).to_csv(tmp / "table1_utility.csv", index=False)
+    labelled(csv_table(agg, t2), demo).to_csv(tmp / "table2_fairness.csv", index=False)
+    labelled(pvh, demo).to_csv(tmp / "paper_vs_here.csv", index=False)
     scatter = pd.DataFrame(
         {
             "run": [f"{m}/{x}" for m, x in zip(agg["model"], agg["method"], strict=True)],
@@ -494,31 +598,43 @@ def _write_data(tmp: Path, agg: pd.DataFrame, t1, t2, pvh: pd.DataFrame) -> None
         }
     )
     for key, _ in t2:
-        scatter[_plot_name(key)] = agg[key]
-    scatter.to_csv(tmp / "accuracy_vs_gaps.csv", index=False)
-    # One numbers-only file for `dvc metrics show/diff` (a metrics folder also holds PNG and CSV).
-    summary = {
-        f"{r['model']}/{r['method']}": {
+        scatter[_plot_name(key)] = agg[key] if key in agg else np.nan
+    labelled(scatter, demo).to_csv(tmp / "accuracy_vs_gaps.csv", index=False)
+    # One file for `dvc metrics show/diff` (a metrics folder also holds PNG and CSV).
+    skip = ("model", "method", "n_seeds", "ci")
+    summary: dict = {"label": DEMO_BANNER} if demo else {}
+    for _, r in agg.iterrows():
+        summary[f"{r['model']}/{r['method']}"] = {
             "n_seeds": int(r["n_seeds"]),
-            **{k: _num(r[k]) for k in agg.columns if k not in ("model", "method", "n_seeds", "ci")},
+            **{k: _num(r[k]) for k in agg.columns if k not in skip},
         }
-        for _, r in agg.iterrows()
-    }
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def _write_markdown(tmp: Path, t: dict, notes: list[str], demo: bool, has_fig2: bool) -> None:
+_TITLES = {
+    "tab1": "Table 1: utility (accuracy, per-disease F1, Var_F1, AUROC, Brier, NLL, ECE)",
+    "tab2": "Table 2: fairness gaps by attribute (variants named; * significant after correction)",
+    "tab3": "Table 3: inference for each fairness gap (null, excess, p-values, MDE, group sizes)",
+    "tab4": "Table 4: per-group macro-F1 and AUROC with intervals",
+    "tab5": "Table 5: paired comparisons (same test patients; paired_comparisons.csv)",
+}
+
+
+def _write_markdown(tmp: Path, t: dict, notes, read, demo: bool, has_fig2: bool) -> None:
     label = f"**{DEMO_BANNER}** ({DEMO_LABEL})\n\n" if demo else ""
     md = [
         "# fairxray report: fairness of CLIP-based models on NIH ChestX-ray14\n",
         label + "\n".join(f"- {n}" for n in notes) + "\n",
-        "## Table 1: utility (accuracy, per-disease F1, Var_F1)\n",
-        _markdown(t["tab1"]) + "\n",
-        "## Table 2: fairness gaps by attribute (variants named)\n",
-        _markdown(t["tab2"]) + "\n",
+        "## How to read this\n",
+        "\n".join(f"- {n}" for n in read) + "\n",
+    ]
+    for key, title in _TITLES.items():
+        md += [f"## {title}\n", _markdown(t[key]) + "\n"]
+    md += [
         "## Paper vs here\n",
         (
-            "Published numbers (paper-protocol.md §5) beside ours where the same model (and method) ran. "
+            "Published numbers (from third-party summaries of the paper) beside ours where the same "
+            "model (and method) ran. "
             + (f"Ours are {DEMO_LABEL}: not comparable with the paper.\n" if demo else "\n")
         ),
         _markdown(t["pvh"]) + "\n",
@@ -533,14 +649,17 @@ def _write_markdown(tmp: Path, t: dict, notes: list[str], demo: bool, has_fig2: 
     (tmp / "table2_fairness.md").write_text(label + _markdown(t["tab2"]) + "\n")
 
 
-def _write_html(tmp: Path, t: dict, notes: list[str], demo: bool, fig1: bytes, fig2) -> None:
+def _write_html(tmp: Path, t: dict, notes, read, demo: bool, fig1: bytes, fig2) -> None:
     def img(data: bytes, alt: str) -> str:
         return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
-    sections = [
-        ("About", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"),
-        ("Table 1: utility (accuracy, per-disease F1, Var_F1)", _html_table(t["tab1"], "table1")),
-        ("Table 2: fairness gaps by attribute", _html_table(t["tab2"], "table2")),
+    def bullets(items) -> str:
+        return "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in items) + "</ul>"
+
+    ids = {"tab1": "table1", "tab2": "table2", "tab3": "table3", "tab4": "table4", "tab5": "table5"}
+    sections = [("About", bullets(notes)), ("How to read this", bullets(read))]
+    sections += [(title, _html_table(t[k], ids[k])) for k, title in _TITLES.items()]
+    sections += [
         ("Paper vs here", _html_table(t["pvh"], "paper-vs-here")),
         ("Deviations from the paper's released code", _html_table(t["dev"], "deviations")),
         ("Accuracy against each fairness gap", img(fig1, "accuracy against each fairness gap")),

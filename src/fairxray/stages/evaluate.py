@@ -1,4 +1,4 @@
-"""Predictions -> metrics.json, by_group.csv and plots with patient-bootstrap intervals."""
+"""Predictions -> metrics.json, by_group.csv, plots, and each cell's cell.json (all seeds combined)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ from pathlib import Path
 from fairxray import paths
 from fairxray.config import load_params
 from fairxray.errors import UserError
-from fairxray.metrics.evaluate import evaluate_file, settings
+from fairxray.metrics.evaluate import evaluate_cell, evaluate_file, settings
 
 
-def _run_one(pred: Path, out: Path, s, profile: str) -> None:
-    ev = evaluate_file(pred, out, s, profile)
-    m = ev.metrics
+def _say(what: str, ev) -> None:
+    m, notes = ev.metrics, "".join(f"; {n.split(' (')[0]}" for n in ev.meta.get("notes", []))
     print(
-        f"evaluate {pred} -> {out}: accuracy {m['accuracy']:.3f} "
+        f"evaluate {what}: accuracy {m['accuracy']:.3f} "
         f"[{m['accuracy/ci_low']:.3f}, {m['accuracy/ci_high']:.3f}], n {m['n/images']}, "
-        f"{len(ev.warnings)} warning(s) in {out / 'evaluation.json'}"
+        f"{len(ev.warnings)} warning(s){notes}"
     )
 
 
@@ -41,13 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.predictions is not None:
         if args.out is None or args.model or args.method:
             raise UserError("evaluate: give PREDICTIONS with --out DIR, or --model and --method")
-        _run_one(args.predictions, args.out, s, profile)
+        _say(
+            f"{args.predictions} -> {args.out}",
+            evaluate_file(args.predictions, args.out, s, profile),
+        )
         return 0
     if not (args.model and args.method) or args.out is not None:
         raise UserError("evaluate: give PREDICTIONS with --out DIR, or --model and --method")
     if args.split not in paths.SPLITS:
         raise UserError(f"evaluate: --split must be one of {', '.join(paths.SPLITS)}")
-    for seed in p.seeds:
-        out = paths.metrics_dir(args.model, args.method, seed, args.split)
-        _run_one(paths.prediction_file(args.model, args.method, seed, args.split), out, s, profile)
+    evs, cell = evaluate_cell(args.model, args.method, p.seeds, args.split, s, profile)
+    for seed, ev in zip(p.seeds, evs, strict=True):
+        _say(f"{args.model}/{args.method} seed {seed}", ev)
+    _say(f"{args.model}/{args.method} cell ({cell.meta.get('n_runs', 1)} distinct run(s))", cell)
     return 0

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     missing = f"; {len(s['missing'])} run(s) missing" if s["missing"] else ""
     print(
         f"report: {s['runs']} run(s), {s['rows']} model x method row(s) -> {s['out']}/ "
-        f"(report.md, report.html, table1_utility.*, table2_fairness.*){missing}"
+        f"(report.md, report.html, table1_utility.*, table2_fairness.*, gap_inference.csv, "
+        f"paired_comparisons.csv: {s['paired']} row(s)){missing}"
     )
+    for line in s["significant"]:
+        print(f"  significant after correction: {line}")
     return 0
