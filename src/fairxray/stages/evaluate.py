@@ -8,10 +8,11 @@ from pathlib import Path
 from fairxray import paths
 from fairxray.config import load_params
 from fairxray.errors import UserError
-from fairxray.metrics.evaluate import evaluate_file, settings
 
 
 def _run_one(pred: Path, out: Path, s, profile: str) -> None:
+    from fairxray.metrics.evaluate import evaluate_file
+
     ev = evaluate_file(pred, out, s, profile)
     m = ev.metrics
     print(
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=("demo", "paper"), help="default: params.profile")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
+    from fairxray.metrics.evaluate import settings  # after parsing: --help stays instant
+
     p = load_params(args.params)
     s = settings(p)
     profile = args.profile or p.profile
