@@ -26,6 +26,7 @@ import pandas as pd
 
 from fairxray import DEMO_BANNER, paths
 from fairxray.config import Params
+from fairxray.report import summary as headline
 
 DEMO_LABEL = "synthetic-image, demo-model results"
 
@@ -444,6 +445,11 @@ def build_report(
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "figures").mkdir(parents=True)
     _write_data(tmp, agg, t1, t2, tables["pvh"])
+    # summary.json and the grid picture: the headline figures only (fairxray.report.summary).
+    head = aggregate(c.runs, headline.headline_keys(), p.metrics.ci_level)
+    headline.write_summary(tmp / "summary.json", head)
+    grid = headline.figure_grid(head, headline.read_paired(tmp), demo)
+    (tmp / "figures" / headline.FIGURE).write_bytes(_png(grid))
     fig1 = _png(figure_accuracy_vs_gaps(agg, t2, demo))
     fig2 = _png(figure_group_bars(c.by_group, "macro_f1", demo)) if len(c.by_group) else None
     (tmp / "figures" / "accuracy_vs_gaps.png").write_bytes(fig1)
@@ -496,15 +502,6 @@ def _write_data(tmp: Path, agg: pd.DataFrame, t1, t2, pvh: pd.DataFrame) -> None
     for key, _ in t2:
         scatter[_plot_name(key)] = agg[key]
     scatter.to_csv(tmp / "accuracy_vs_gaps.csv", index=False)
-    # One numbers-only file for `dvc metrics show/diff` (a metrics folder also holds PNG and CSV).
-    summary = {
-        f"{r['model']}/{r['method']}": {
-            "n_seeds": int(r["n_seeds"]),
-            **{k: _num(r[k]) for k in agg.columns if k not in ("model", "method", "n_seeds", "ci")},
-        }
-        for _, r in agg.iterrows()
-    }
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _write_markdown(tmp: Path, t: dict, notes: list[str], demo: bool, has_fig2: bool) -> None:
@@ -525,6 +522,7 @@ def _write_markdown(tmp: Path, t: dict, notes: list[str], demo: bool, has_fig2: 
         "## Deviations from the paper's released code\n",
         _markdown(t["dev"]) + "\n",
         "## Figures\n",
+        f"![accuracy vs headline gaps](figures/{headline.FIGURE})\n",
         "![accuracy vs gaps](figures/accuracy_vs_gaps.png)\n",
         "![per-group macro-F1](figures/group_macro_f1.png)\n" if has_fig2 else "",
     ]
@@ -543,6 +541,7 @@ def _write_html(tmp: Path, t: dict, notes: list[str], demo: bool, fig1: bytes, f
         ("Table 2: fairness gaps by attribute", _html_table(t["tab2"], "table2")),
         ("Paper vs here", _html_table(t["pvh"], "paper-vs-here")),
         ("Deviations from the paper's released code", _html_table(t["dev"], "deviations")),
+        ("The grid at a glance", img((tmp / "figures" / headline.FIGURE).read_bytes(), "grid")),
         ("Accuracy against each fairness gap", img(fig1, "accuracy against each fairness gap")),
     ]
     if fig2:
