@@ -61,5 +61,6 @@ def test_view_and_experiment_tags():
     cols = h.view_state()["selectedColumns"]
     assert cols.index("metrics.`1.accuracy`") < cols.index(f"metrics.`4.{GAPS[0]}/p_adjusted`")
     assert h.view_url("http://127.0.0.1:5000/", "3") == (
-        "http://127.0.0.1:5000/#/experiments/3/runs?viewStateShareKey=fairxray-headline"
+        "http://127.0.0.1:5000/#/experiments/3/runs"
+        "?workflowType=machine_learning&viewStateShareKey=fairxray-headline"
     )

@@ -164,8 +164,10 @@ def present_experiment(cl, exp_id: str, profile: str) -> None:
 
 
 def view_url(base: str, exp_id: str) -> str:
-    """The runs table of ``exp_id`` in the headline view."""
-    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
+    """The runs table of ``exp_id`` in the headline view, with the sidebar on "Model training"
+    (the UI's own default is GenAI; ``workflowType`` in the URL overrides it)."""
+    query = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?{query}"
 
 
 def dvc_tags() -> dict[str, str]:
