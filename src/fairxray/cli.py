@@ -7,7 +7,9 @@ exit with status 2, never a traceback.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import pkgutil
 import sys
 
@@ -25,10 +27,19 @@ def commands() -> dict[str, str]:
     }
 
 
+def _docstring(module: str) -> str:
+    """A module's docstring read from its source, without importing it (imports cost seconds)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return (importlib.import_module(module).__doc__ or "").strip()
+    with open(spec.origin, encoding="utf-8") as f:
+        return (ast.get_docstring(ast.parse(f.read())) or "").strip()
+
+
 def _usage() -> str:
     lines = ["usage: fairxray <command> [options]", "", "commands:"]
     for name, mod in sorted(commands().items()):
-        doc = (importlib.import_module(f"fairxray.stages.{mod}").__doc__ or "").strip()
+        doc = _docstring(f"fairxray.stages.{mod}")
         lines.append(f"  {name:<12} {doc.splitlines()[0] if doc else ''}")
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 
 from fairxray.config import parse_params
 from fairxray.errors import UserError
@@ -22,14 +23,53 @@ PROFILES_DIR = Path("profiles")
 
 
 def _yaml() -> YAML:
+    """The writer DVC uses for ``dvc exp run -S`` (``dvc.utils.serialize``: ruamel round trip,
+    ``default_flow_style=False``): params.yaml is shipped in the style DVC writes, so neither an
+    experiment nor ``fairxray profile`` leaves a formatting diff. That style: lists and mappings
+    in block style, ``null`` written as an empty value, comments kept."""
     y = YAML()
-    y.preserve_quotes = True
-    y.width = 120
-    # Write None as "null", as params.yaml spells it (ruamel's default is an empty value).
-    y.representer.add_representer(
-        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
+    y.default_flow_style = False
     return y
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _block(node: Any) -> None:
+    """What DVC's merge of ``-S`` values leaves: every list replaced by a plain one (written in
+    block style; a comment after it stays with its key), every mapping kept, in block style."""
+    if isinstance(node, CommentedMap):
+        node.fa.set_block_style()
+        for key, value in node.items():
+            if isinstance(value, list):
+                node[key] = _plain(value)
+            else:
+                _block(value)
+
+
+def dvc_style(text: str) -> str:
+    """``text`` (a params file) rewritten in DVC's style, values unchanged: a fixed point of
+    both ``dvc exp run -S`` and :func:`apply_profile`. Rewritten until it no longer changes (a
+    blank line after a list does not survive DVC's rewrite, so it goes in the second pass)."""
+    y = _yaml()
+    out = text
+    for _ in range(4):
+        raw = y.load(out)
+        _block(raw)
+        buf = io.StringIO()
+        y.dump(raw, buf)
+        new = _align(buf.getvalue())
+        if new == out:
+            break
+        out = new
+    if YAML(typ="safe").load(out) != YAML(typ="safe").load(text):
+        raise UserError("dvc_style: the rewritten params differ in value (a ruamel bug?)")
+    return out
 
 
 # Mappings a profile replaces whole rather than key by key: a search space is one design, and a
@@ -38,14 +78,45 @@ REPLACED_WHOLE = ("tune.space",)
 
 
 def _merge(base: Any, overlay: dict, where: str = "") -> None:
+    """Merge like DVC's ``-S``: mappings key by key, an equal value left as it is (its spelling,
+    e.g. ``1.0e-2``, kept), any other value replaced. Inside REPLACED_WHOLE a mapping also loses
+    the keys the overlay does not have, and may gain new ones."""
+    whole = any(where == r or where.startswith(f"{r}.") for r in REPLACED_WHOLE)
+    if whole:
+        for key in [k for k in base if k not in overlay]:
+            del base[key]
     for key, value in overlay.items():
         here = f"{where}.{key}" if where else key
-        if key not in base:
+        if key not in base and not whole:
             raise UserError(f"profile sets '{here}', which params.yaml does not have")
-        if isinstance(value, dict) and isinstance(base[key], dict) and here not in REPLACED_WHOLE:
+        if key in base and isinstance(value, dict) and isinstance(base[key], dict):
             _merge(base[key], value, here)
-        else:
+        elif key not in base or base[key] != value:
             base[key] = value
+
+
+COMMENT_COLUMN = 28  # where params.yaml's end-of-line comments start
+
+
+def _align(text: str) -> str:
+    """End-of-line comments at column 28 (or two spaces after a longer line): a value that
+    changes length (a path, then null again) does not leave its comment elsewhere. Lines with
+    quotes are left alone (a ``#`` may be inside them)."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        body, nl = line.rstrip("\n"), line[len(line.rstrip("\n")) :]
+        code, sep, comment = body.partition(" #")
+        if (
+            sep
+            and code.strip()
+            and not code.lstrip().startswith("#")
+            and not set("'\"#") & set(code)
+        ):
+            code = code.rstrip()
+            pad = max(COMMENT_COLUMN - len(code), 2)
+            body = f"{code}{' ' * pad}#{comment}"
+        out.append(body + nl)
+    return "".join(out)
 
 
 def set_key(raw: Any, dotted: str, value: Any) -> None:
@@ -72,13 +143,15 @@ def apply_profile(
         raise UserError(f"{overlay_path}: no such profile (known: {', '.join(known)})")
     y = _yaml()
     raw = y.load(params_path.read_text())
-    overlay = y.load(overlay_path.read_text()) or {}
+    # Plain lists and mappings, as DVC merges -S values (they come out in block style); the
+    # scalars keep the profile's spelling (1.0e-2 stays 1.0e-2).
+    overlay = _plain(y.load(overlay_path.read_text()) or {})
     _merge(raw, overlay)
     for key, value in (sets or {}).items():
         set_key(raw, key, value)
     buf = io.StringIO()
     y.dump(raw, buf)
-    text = buf.getvalue()
+    text = _align(buf.getvalue())
     parse_params(YAML(typ="safe").load(text), f"{params_path} (after profile {name})")
     tmp = params_path.with_suffix(".yaml.tmp")
     tmp.write_text(text)

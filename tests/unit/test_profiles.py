@@ -62,3 +62,54 @@ def test_a_profile_replaces_the_search_space_whole(work):
     want = yaml.safe_load((work / "profiles" / "paper.yaml").read_text())["tune"]["space"]
     got = yaml.safe_load((work / "params.yaml").read_text())["tune"]["space"]
     assert got == want  # no demo-sized head widths or LoRA ranks left behind
+
+
+# -- params.yaml in DVC's style: no formatting diff from `dvc exp run -S` or a profile ----------
+
+
+def test_params_yaml_is_shipped_in_dvc_style():
+    from fairxray.profiles import dvc_style
+
+    text = (REPO / "params.yaml").read_text()
+    assert dvc_style(text) == text, "restyle: see fairxray.profiles.dvc_style"
+
+
+def test_dvc_set_param_changes_only_the_line_it_sets(work):
+    # The very function `dvc exp run -S` calls to rewrite params.yaml (DVC 3.67).
+    from dvc.utils.hydra import apply_overrides
+
+    before = (work / "params.yaml").read_text().splitlines()
+    apply_overrides(str(work / "params.yaml"), ["tune.n_trials=2", "train.lr=0.02"])
+    after = (work / "params.yaml").read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert [b.split("#")[0].strip() for _, b in changed] == ["lr: 0.02", "n_trials: 2"]
+    # Set back, the file is the shipped one again except for DVC's own spelling of 0.01.
+    apply_overrides(str(work / "params.yaml"), ["tune.n_trials=3", "train.lr=0.01"])
+    again = (work / "params.yaml").read_text().splitlines()
+    assert [(a, b) for a, b in zip(before, again, strict=True) if a != b] == [
+        (changed[0][0], changed[0][0].replace("1.0e-2", "0.01  "))
+    ]
+
+
+def test_profile_demo_restores_params_byte_for_byte(work):
+    shipped = (work / "params.yaml").read_bytes()
+    assert cli.main(["profile", "demo"]) == 0
+    assert (work / "params.yaml").read_bytes() == shipped  # the demo is a no-op on the default
+    (work / "nih").mkdir()
+    (work / "w").mkdir()
+    assert cli.main(["profile", "paper", "--images-dir", "nih", "--weights-dir", "w"]) == 0
+    assert (work / "params.yaml").read_bytes() != shipped
+    assert cli.main(["profile", "demo"]) == 0
+    assert (work / "params.yaml").read_bytes() == shipped
+
+
+def test_dvc_style_keeps_values_and_comments():
+    from fairxray.profiles import dvc_style
+
+    text = "a: [1, 2]      # two\nb: {x: 1.0e-2}\nc: null  # none\n"
+    out = dvc_style(text)
+    assert (
+        out
+        == "a:                          # two\n- 1\n- 2\nb:\n  x: 1.0e-2\nc:                          # none\n"
+    )
+    assert dvc_style(out) == out

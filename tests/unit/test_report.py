@@ -15,6 +15,7 @@ import yaml
 
 from fairxray import DEMO_BANNER, cli, paths
 from fairxray.config import PAPER_CLASSES
+from fairxray.metrics.headline import HEADLINE
 from fairxray.metrics.predictions import prob_columns
 from fairxray.report.build import DEMO_LABEL
 
@@ -157,10 +158,21 @@ def test_dvc_plot_sources_exist(report_dir):
     summary = json.loads((report_dir / "summary.json").read_text())  # for `dvc metrics show`
     assert summary.pop("label") == DEMO_BANNER
     assert set(summary) == {"toy/linear_probe", "toy/mlp"}
-    assert all(
-        isinstance(v, int | float) or v is None for r in summary.values() for v in r.values()
-    )
-    for png in ("accuracy_vs_gaps.png", "group_macro_f1.png"):
+    for cell, row in summary.items():
+        # The headline figures only: ten numbers a cell, each the mean over the seeds' files.
+        assert list(row) == ["n_seeds", *HEADLINE] and row["n_seeds"] == len(SEEDS)
+        method = cell.split("/")[1]
+        runs = [
+            json.loads(
+                (
+                    report_dir.parent / paths.metrics_dir("toy", method, s) / "metrics.json"
+                ).read_text()
+            )
+            for s in SEEDS
+        ]
+        for k in HEADLINE:
+            assert row[k] == pytest.approx(np.mean([r[k] for r in runs]), abs=5e-5), (cell, k)
+    for png in ("accuracy_vs_gaps.png", "group_macro_f1.png", "accuracy_vs_headline_gaps.png"):
         assert (report_dir / "figures" / png).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -241,7 +242,12 @@ def test_load_weights_builds_each_model_strictly(tmp_path):
 
 def test_out_folder_and_gpu(tmp_path):
     assert r.check_out(tmp_path / "new" / "out").ok
-    assert (tmp_path / "new" / "out").is_dir() and not list((tmp_path / "new" / "out").iterdir())
+    assert not (tmp_path / "new").exists()  # a check creates nothing
+    (tmp_path / "kept").mkdir()
+    assert r.check_out(tmp_path / "kept").ok and not list((tmp_path / "kept").iterdir())
+    (tmp_path / "kept" / "ro").mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        assert not r.check_out(tmp_path / "kept" / "ro" / "out").ok
     (tmp_path / "file").write_text("x")
     (msg,) = r.check_out(tmp_path / "file" / "out").problems
     assert "output folder cannot be created or written" in msg and "--user" in msg
@@ -326,7 +332,7 @@ def test_cli_check_only_passes_on_good_inputs(paper_params, needed, tmp_path, mo
     text = capsys.readouterr().out
     assert "preflight: every input checked" in text and "--check-only: nothing run" in text
     assert f"metadata: {nih_dir / r.METADATA_NAME} sha256" in text
-    assert not (tmp_path / "out" / "dvc.yaml").exists()
+    assert not (tmp_path / "out").exists()  # --check-only writes nothing, not even the folder
 
 
 # --- the run folder -------------------------------------------------------------------------

@@ -161,3 +161,91 @@ def test_rerun_supersedes_seed_runs_and_adds_a_version(ctx):
         int(second["registered_model"]["version"]) == int(first["registered_model"]["version"]) + 1
     )
     assert json.loads(tracked_file("toy", "lora").read_text()) == second
+
+
+# -- what the UI shows first (fairxray.track.headline) ----------------------------------------
+
+
+def test_parent_run_shows_the_headline_figures_and_the_experiment_is_training(ctx):
+    from fairxray.metrics.headline import HEADLINE
+    from fairxray.track import headline as h
+
+    cl, p, first = ctx["cl"], ctx["p"], ctx["first"]
+    parent = cl.get_run(first["parent_run_id"])
+    seeds = [
+        json.loads((paths.metrics_dir("toy", "lora", s) / "metrics.json").read_text())
+        for s in p.seeds
+    ]
+    for i, key in enumerate(HEADLINE, start=1):
+        want = np.nanmean([np.nan if m[key] is None else m[key] for m in seeds])
+        got = parent.data.metrics[f"{i}.{key}"]
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want), key
+    assert parent.data.metrics["n_seeds"] == len(p.seeds)
+    # The headline names sort before every other metric, in the order of the list.
+    names = sorted(parent.data.metrics)
+    expected = [f"{i}.{k}" for i, k in enumerate(HEADLINE, start=1)]
+    assert [n for n in names if n in expected] == expected
+    first_other = next(i for i, n in enumerate(names) if not n[0].isdigit())
+    assert names.index(expected[-1]) < first_other  # group.* and the rest come after
+    # Per-group values as chartable metrics, equal to by_group.csv.
+    import pandas as pd
+
+    bg = pd.read_csv(
+        paths.metrics_dir("toy", "lora", p.seeds[0]) / "by_group.csv", dtype={"group": str}
+    )
+    row = bg[(bg["attribute"] == "age_group") & (bg["metric"] == "macro_f1")].iloc[-1]
+    seed_run = cl.get_run(first["seed_runs"][str(p.seeds[0])])
+    got = seed_run.data.metrics[f"group.age_group.{row['group']}.macro_f1"]
+    assert got == pytest.approx(row["value"])
+    assert seed_run.data.metrics[f"group.age_group.{row['group']}.n"] == row["n"]
+    # Provenance on the parent and the seeds: commit, data hash, DVC experiment, tune settings.
+    for run in (parent, seed_run):
+        t = run.data.tags
+        assert t[h.DVC_EXPERIMENT] == h.WORKSPACE and "fairxray.git_commit" in t
+        assert t["fairxray.tune.n_trials"] == str(p.tune.n_trials)
+        assert len(t["fairxray.data_manifest_sha256"]) == 64
+    exp = cl.get_experiment(first["experiment_id"])
+    assert exp.tags[h.EXPERIMENT_KIND] == h.TRAINING
+    view = json.loads(exp.tags[h.SHARED_VIEW + h.VIEW_KEY])
+    assert "metrics.`1.accuracy`" in view["selectedColumns"]
+
+
+def test_a_dvc_experiment_gets_its_own_parent_run(ctx, monkeypatch):
+    from fairxray.track import headline as h
+    from fairxray.track.runs import experiment_id, pair_run
+
+    cl, p = ctx["cl"], ctx["p"]
+    exp = experiment_id(cl, p.mlflow.experiment, ctx["uri"], p.profile)
+    base = pair_run(cl, exp, p, "toy", "lora")
+    assert base == ctx["first"]["parent_run_id"]
+    monkeypatch.setenv("DVC_EXP_NAME", "fuzzy-owl")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    other = pair_run(cl, exp, p, "toy", "lora")
+    assert other != base
+    assert cl.get_run(other).data.tags[h.DVC_EXPERIMENT] == "fuzzy-owl"
+    assert pair_run(cl, exp, p, "toy", "lora") == other  # found again by its tags
+    assert h.dvc_tags() == {h.DVC_EXPERIMENT: "fuzzy-owl", h.DVC_BASELINE: "a" * 40}
+
+
+def test_a_pruned_trial_is_finished_and_tagged(ctx):
+    import optuna
+
+    from fairxray.track import headline as h
+
+    p = ctx["p"]
+    study = optuna.create_study(direction="maximize", study_name="toy/lora@pruned-test")
+    pruned = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED,
+        params={"lr": 0.01},
+        distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)},
+        intermediate_values={0: 0.3, 1: 0.35},
+    )
+    pruned.number = 99
+    logger = TrialLogger(ctx["uri"], p, "toy", "lora", log=pytest.fail)
+    logger(study, pruned)
+    (run,) = ctx["cl"].search_runs(
+        [ctx["first"]["experiment_id"]], "tags.`fairxray.study` = 'toy/lora@pruned-test'"
+    )
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[h.PRUNED] == "true" and run.data.tags["fairxray.trial_state"] == "pruned"
+    assert run.info.run_name == "trial-99 (pruned)"

@@ -30,6 +30,7 @@ from fairxray import DEMO_BANNER, paths
 from fairxray.config import Params
 from fairxray.metrics.bootstrap import is_gap_key
 from fairxray.metrics.evaluate import labelled
+from fairxray.report import summary as headline
 from fairxray.report.cells import UTILITY, gap_table, how_to_read, paired_table, read_cells
 
 DEMO_LABEL = "synthetic-image, demo-model results"
@@ -480,6 +481,10 @@ def build_report(
         ("paired_comparisons", paired),
     ):
         labelled(df, demo).to_csv(tmp / f"{name}.csv", index=False)
+    # summary.json and the grid picture: the headline figures only (fairxray.report.summary).
+    headline.write_summary(tmp / "summary.json", agg, demo)
+    grid = headline.figure_grid(agg, headline.read_paired(tmp), demo)
+    (tmp / "figures" / headline.FIGURE).write_bytes(_png(grid))
     fig1 = _png(figure_accuracy_vs_gaps(agg, t2, demo))
     fig2 = (
         _png(figure_group_bars(cells.by_group, "macro_f1", demo)) if len(cells.by_group) else None
@@ -600,15 +605,6 @@ def _write_data(tmp: Path, agg: pd.DataFrame, t1, t2, pvh: pd.DataFrame, demo: b
     for key, _ in t2:
         scatter[_plot_name(key)] = agg[key] if key in agg else np.nan
     labelled(scatter, demo).to_csv(tmp / "accuracy_vs_gaps.csv", index=False)
-    # One file for `dvc metrics show/diff` (a metrics folder also holds PNG and CSV).
-    skip = ("model", "method", "n_seeds", "ci")
-    summary: dict = {"label": DEMO_BANNER} if demo else {}
-    for _, r in agg.iterrows():
-        summary[f"{r['model']}/{r['method']}"] = {
-            "n_seeds": int(r["n_seeds"]),
-            **{k: _num(r[k]) for k in agg.columns if k not in skip},
-        }
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 _TITLES = {
@@ -641,6 +637,7 @@ def _write_markdown(tmp: Path, t: dict, notes, read, demo: bool, has_fig2: bool)
         "## Deviations from the paper's released code\n",
         _markdown(t["dev"]) + "\n",
         "## Figures\n",
+        f"![accuracy vs headline gaps](figures/{headline.FIGURE})\n",
         "![accuracy vs gaps](figures/accuracy_vs_gaps.png)\n",
         "![per-group macro-F1](figures/group_macro_f1.png)\n" if has_fig2 else "",
     ]
@@ -662,6 +659,7 @@ def _write_html(tmp: Path, t: dict, notes, read, demo: bool, fig1: bytes, fig2) 
     sections += [
         ("Paper vs here", _html_table(t["pvh"], "paper-vs-here")),
         ("Deviations from the paper's released code", _html_table(t["dev"], "deviations")),
+        ("The grid at a glance", img((tmp / "figures" / headline.FIGURE).read_bytes(), "grid")),
         ("Accuracy against each fairness gap", img(fig1, "accuracy against each fairness gap")),
     ]
     if fig2:

@@ -1,48 +1,9 @@
 """``fairxray reproduce`` / ``fairxray demo``: the preflight of real inputs
-(:mod:`.checks`) and the self-contained run folder (:mod:`.run`)."""
+(:mod:`.checks`) and the self-contained run folder (:mod:`.run`).
 
-from fairxray.reproduce import checks, run
-from fairxray.reproduce.checks import (
-    ENV_IMAGES_DIR,
-    ENV_METADATA,
-    ENV_OUT,
-    ENV_WEIGHTS_DIR,
-    MAX_EXAMPLES,
-    METADATA_NAME,
-    OFFICIAL_LISTS,
-    PNG_SIGNATURE,
-    Preflight,
-    check_gpu,
-    check_images,
-    check_metadata,
-    check_official_lists,
-    check_out,
-    check_weights,
-    cuda_device,
-    find_metadata,
-    find_official_lists,
-    needed_image_ids,
-    preflight,
-    reference_metadata,
-    require_ok,
-    table_sha256,
-)
-from fairxray.reproduce.run import (
-    ENV_GIT_SHA,
-    PIPELINE_FILES,
-    demo,
-    dvc_executable,
-    parse_sets,
-    prepare_run_dir,
-    profiled_params,
-    project_commit,
-    project_root,
-    reproduce,
-    run_env,
-    run_pipeline,
-    summary,
-    write_run_record,
-)
+The names below load on first use: ``fairxray reproduce --help`` imports only :mod:`.names`."""
+
+import importlib
 
 __all__ = [
     "checks",
@@ -85,3 +46,14 @@ __all__ = [
     "reproduce",
     "demo",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("checks", "run", "names"):
+        return importlib.import_module(f"fairxray.reproduce.{name}")
+    if name in __all__:
+        for module in ("names", "checks", "run"):
+            mod = importlib.import_module(f"fairxray.reproduce.{module}")
+            if hasattr(mod, name):
+                return getattr(mod, name)
+    raise AttributeError(f"module 'fairxray.reproduce' has no attribute {name!r}")

@@ -29,15 +29,14 @@ from fairxray.data import nih
 from fairxray.data.images import find_pngs
 from fairxray.errors import UserError
 from fairxray.models import registry
+from fairxray.reproduce.names import (  # noqa: F401 - re-exported
+    ENV_IMAGES_DIR,
+    ENV_METADATA,
+    ENV_OUT,
+    ENV_WEIGHTS_DIR,
+    METADATA_NAME,
+)
 
-# Environment variables that give the CLI its defaults; the Dockerfile sets them to the mount
-# points the README's `docker run` lines use.
-ENV_IMAGES_DIR = "FAIRXRAY_IMAGES_DIR"
-ENV_WEIGHTS_DIR = "FAIRXRAY_WEIGHTS_DIR"
-ENV_METADATA = "FAIRXRAY_METADATA"
-ENV_OUT = "FAIRXRAY_OUT"
-
-METADATA_NAME = "Data_Entry_2017_v2020.csv"  # the name NIH distributes next to the image folders
 OFFICIAL_LISTS = ("train_val_list.txt", "test_list.txt")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_EXAMPLES = 5  # ids quoted per problem; the count covers the rest
@@ -323,11 +322,18 @@ def check_weights(models: Iterable[str], weights_dir: Path | None, load: bool = 
 
 
 def check_out(out_dir: Path) -> Preflight:
-    """The output folder can be created and written (bind mounts are often owned by another user)."""
+    """The output folder can be created and written (bind mounts are often owned by another user).
+
+    A check leaves nothing behind: a missing folder is not created (its nearest existing parent
+    must take a file), and the probe file is removed at once."""
     out = Preflight()
+    probe_dir = out_dir
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".fairxray-write-test-"):
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(probe_dir))
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".fairxray-write-test-"):
             pass
     except OSError as exc:
         uid = os.getuid() if hasattr(os, "getuid") else "?"

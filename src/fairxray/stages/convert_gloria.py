@@ -7,7 +7,6 @@ from pathlib import Path
 
 from fairxray.config import load_params
 from fairxray.errors import UserError
-from fairxray.models.convert import OUT_NAME, convert
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,7 +14,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="path to chexpert_resnet50.ckpt")
     p.add_argument("--params", default="params.yaml")
     p.add_argument(
-        "--out", default=None, help=f"output file (default <data.weights_dir>/gloria/{OUT_NAME})"
+        "--out",
+        default=None,
+        help="output file (default: the file name the registry loads, in <data.weights_dir>/gloria/)",
     )
     p.add_argument(
         "--trust-pickle",
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from fairxray.models.convert import OUT_NAME, convert  # after parsing: torch is slow
+
     p = load_params(args.params)
     if args.out is not None:
         dst = Path(args.out)

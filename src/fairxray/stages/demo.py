@@ -7,7 +7,7 @@ import os
 
 
 def _parser() -> argparse.ArgumentParser:
-    from fairxray.reproduce.checks import ENV_OUT
+    from fairxray.reproduce.names import ENV_OUT
 
     ap = argparse.ArgumentParser(
         prog="fairxray demo",

@@ -8,7 +8,6 @@ from pathlib import Path
 from fairxray import paths
 from fairxray.config import load_params
 from fairxray.errors import UserError
-from fairxray.metrics.evaluate import evaluate_cell, evaluate_file, settings
 
 
 def _say(what: str, ev) -> None:
@@ -34,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=("demo", "paper"), help="default: params.profile")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
+    # After parsing: --help stays instant.
+    from fairxray.metrics.evaluate import evaluate_cell, evaluate_file, settings
+
     p = load_params(args.params)
     s = settings(p)
     profile = args.profile or p.profile

@@ -18,9 +18,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fairxray.export.onnx import export
-
     args = _parser().parse_args(argv)
+    from fairxray.export.onnx import export  # after parsing: --help stays instant
+
     p = load_params(args.params)
     export(p, args.model, args.method)
     return 0

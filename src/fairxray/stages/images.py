@@ -8,9 +8,6 @@ from pathlib import Path
 
 from fairxray import paths
 from fairxray.config import load_params
-from fairxray.data.images import build_cache
-from fairxray.data.nih import age_group_labels
-from fairxray.data.splits import load_splits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", required=True)
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
+    from fairxray.data.images import build_cache  # after parsing: --help stays instant
+    from fairxray.data.nih import age_group_labels
+    from fairxray.data.splits import load_splits
+
     p = load_params(args.params)
     splits = load_splits(args.protocol, drop_skipped=False)
     images_dir = None if p.data.images_dir is None else Path(p.data.images_dir)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from fairxray.config import load_params
-from fairxray.data.splits import prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
+    from fairxray.data.splits import prepare  # after parsing: --help stays instant
+
     p = load_params(args.params)
     m = prepare(p, args.protocol)
     leak = m["leakage"]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from fairxray import paths
 from fairxray.config import load_params
-from fairxray.report.build import build_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=("demo", "paper"), help="default: from the runs / params")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
+    from fairxray.report.build import build_report  # after parsing: --help stays instant
+
     p = load_params(args.params)
     s = build_report(p, args.out, profile=args.profile)
     missing = f"; {len(s['missing'])} run(s) missing" if s["missing"] else ""

@@ -15,7 +15,7 @@ DESCRIPTION = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    from fairxray.reproduce import checks as r
+    from fairxray.reproduce import names as r
 
     ap = argparse.ArgumentParser(prog="fairxray reproduce", description=DESCRIPTION)
     env = os.environ.get

@@ -32,10 +32,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fairxray import adapt
+    args = _parser().parse_args(argv)
+    from fairxray import adapt  # after parsing: torch makes --help take seconds
     from fairxray.tune import search_space, tune
 
-    args = _parser().parse_args(argv)
     p = load_params(args.params)
     callbacks = []
     trains = adapt.get_method(args.method).build is not None

@@ -19,12 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.tracking_uri or p.mlflow.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    from fairxray.track.ui import serve, ui_command
+    from fairxray.track.ui import headline_view, serve, ui_command
 
     cmd, env = ui_command(uri, args.host, args.port)
+    url = headline_view(uri, p.mlflow.experiment, p.profile, f"http://{args.host}:{args.port}")
     print(
-        f"fairxray ui: MLflow UI of {uri} (experiment {p.mlflow.experiment}) at "
-        f"http://{args.host}:{args.port}  (Ctrl-C stops it)",
+        f"fairxray ui: MLflow UI of {uri} (experiment {p.mlflow.experiment}); open\n  {url}\n"
+        "(the training runs with the headline columns; Ctrl-C stops it)",
         flush=True,
     )
     return serve(cmd, env)

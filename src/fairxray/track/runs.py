@@ -29,6 +29,7 @@ from typing import Any
 from fairxray import paths
 from fairxray.config import Params
 from fairxray.errors import UserError
+from fairxray.track import headline
 
 TRACKED = Path("tracked")
 ARTIFACTS = "artifacts"
@@ -88,6 +89,7 @@ def client(tracking_uri: str):
 def experiment_id(cl, name: str, tracking_uri: str, profile: str) -> str:
     exp = cl.get_experiment_by_name(name)
     if exp is not None:
+        headline.present_experiment(cl, exp.experiment_id, profile)
         return exp.experiment_id
     root = artifact_root(tracking_uri)
     location = None
@@ -95,7 +97,8 @@ def experiment_id(cl, name: str, tracking_uri: str, profile: str) -> str:
         root.mkdir(parents=True, exist_ok=True)
         location = root.resolve().as_uri()
     try:
-        return cl.create_experiment(name, artifact_location=location, tags={"profile": profile})
+        tags = {"profile": profile, **headline.experiment_tags(profile)}
+        return cl.create_experiment(name, artifact_location=location, tags=tags)
     except Exception:
         # Another process created it between the lookup and here.
         exp = cl.get_experiment_by_name(name)
@@ -139,6 +142,10 @@ def common_tags(p: Params, model: str, method: str, stage: str) -> dict[str, str
         "fairxray.data_manifest_sha256": manifest_sha256(p.data.protocol),
         "fairxray.git_commit": git["git_commit"],
         "mlflow.source.git.commit": git["git_commit"],
+        # Which DVC experiment (name, baseline revision) and settings made this run.
+        **headline.dvc_tags(),
+        **headline.tune_tags(p.tune),
+        "fairxray.params_sha256": headline.params_sha256(),
     }
     if "git_dirty" in git:
         tags["fairxray.git_dirty"] = git["git_dirty"]
@@ -151,7 +158,9 @@ def _filter(tags: dict[str, str]) -> str:
 
 def pair_run(cl, exp_id: str, p: Params, model: str, method: str) -> str:
     """The parent run of ``model`` x ``method`` (found by tags, created when absent)."""
-    key = {KIND: "pair", MODEL: model, METHOD: method}
+    # One parent per DVC experiment: `dvc exp run -S ...` does not overwrite the baseline's.
+    key = {KIND: "pair", MODEL: model, METHOD: method, **headline.dvc_tags()}
+    key.pop(headline.DVC_BASELINE, None)
     found = cl.search_runs([exp_id], _filter(key), max_results=1, order_by=["start_time ASC"])
     if found:
         return found[0].info.run_id
@@ -241,11 +250,13 @@ class TrialLogger:
             "fairxray.trial_state": state.lower(),
             "mlflow.parentRunId": self.parent,
         }
+        if state == "PRUNED":
+            tags[headline.PRUNED] = "true"
         run = self.cl.create_run(
             self.exp,
             start_time=_ms(trial.datetime_start),
             tags=tags,
-            run_name=f"trial-{trial.number}",
+            run_name=f"trial-{trial.number}" + (" (pruned)" if state == "PRUNED" else ""),
         )
         rid = run.info.run_id
         now = int(time.time() * 1000)
@@ -263,7 +274,8 @@ class TrialLogger:
             for step, v in sorted(trial.intermediate_values.items())
         ]
         log_batch(self.cl, rid, metrics=metrics, params=_params(trial.params))
-        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+        # A pruned trial ended as designed: FINISHED, tagged fairxray.pruned (not KILLED).
+        status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(state, "FAILED")
         self.cl.set_terminated(rid, status, end_time=_ms(trial.datetime_complete))
 
 
@@ -328,6 +340,7 @@ def seed_inputs(p: Params, model: str, method: str, seed: int) -> dict[str, Any]
         "config": cfg,
         "params": params,
         "metrics": metrics,
+        "groups": headline.group_metrics(headline.read_group_rows(mdir / "by_group.csv")),
         "train_metrics": train_metrics,
         "history": cfg.get("history") or [],
         "artifacts": artifacts,
@@ -396,6 +409,7 @@ def track(
     for rid in runs.values():
         cl.set_terminated(rid, "FINISHED")
     cl.set_tag(parent, "fairxray.best_run", runs.get(onnx_seed, ""))
+    _log_parent(cl, parent, tags, inputs, now)
 
     content = {
         "tracking_uri": _redact_uri(uri),
@@ -420,6 +434,7 @@ def _seed_run(cl, exp, parent, tags, model, method, seed, inp, now, log) -> str:
         run_name=f"{model}/{method}/seed{seed}",
     )
     rid = run.info.run_id
+    shown = {**headline.headline_metrics([inp["metrics"]]), **inp["groups"]}
     history = [
         Metric(f"train/{k}", float(h[k]), now, int(h["epoch"]))
         for h in inp["history"]
@@ -429,7 +444,10 @@ def _seed_run(cl, exp, parent, tags, model, method, seed, inp, now, log) -> str:
     log_batch(
         cl,
         rid,
-        metrics=_metrics(inp["metrics"], now) + _metrics(inp["train_metrics"], now) + history,
+        metrics=_metrics(inp["metrics"], now)
+        + _metrics(inp["train_metrics"], now)
+        + _metrics(shown, now)
+        + history,
         params=_params(inp["params"]),
     )
     for folder, files in inp["artifacts"].items():
@@ -437,6 +455,19 @@ def _seed_run(cl, exp, parent, tags, model, method, seed, inp, now, log) -> str:
             cl.log_artifact(rid, str(f), folder)
     log(f"track: {model}/{method} seed {seed}: run {rid}")
     return rid
+
+
+def _log_parent(cl, parent: str, tags: dict[str, str], inputs: dict, now: int) -> None:
+    """The parent run shows its pair at a glance: the headline figures and per-group values
+    as the mean over seeds, and the tags of the latest track (commit, data, DVC experiment)."""
+    seeds = list(inputs.values())
+    values = {
+        **headline.headline_metrics(i["metrics"] for i in seeds),
+        **headline.mean_group_metrics(i["groups"] for i in seeds),
+        "n_seeds": len(seeds),
+    }
+    keep = {k: v for k, v in tags.items() if k not in (KIND, "mlflow.parentRunId")}
+    log_batch(cl, parent, metrics=_metrics(values, now), tags=_tags(keep))
 
 
 def _log_onnx(cl, run_id, report, report_path, p, model, method) -> dict:

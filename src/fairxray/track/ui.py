@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fairxray.track.runs import artifact_root
+from fairxray.track import headline
+from fairxray.track.runs import artifact_root, client
 
 
 def ui_command(
@@ -66,3 +67,15 @@ def serve(cmd: list[str], env: dict[str, str]) -> int:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def headline_view(tracking_uri: str, experiment: str, profile: str, base: str) -> str:
+    """The URL the UI should open: the experiment's runs table in the headline view (its tags
+    set again, so a store made before them gets them too); the UI's root when the experiment
+    does not exist yet."""
+    cl = client(tracking_uri)
+    exp = cl.get_experiment_by_name(experiment)
+    if exp is None:
+        return base
+    headline.present_experiment(cl, exp.experiment_id, profile)
+    return headline.view_url(base, exp.experiment_id)

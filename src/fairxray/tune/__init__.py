@@ -1,49 +1,45 @@
 """Optuna tuning of each model x method: the search space, storage, one trial's objective and the resumable study."""
 
+from fairxray.tune.objective import (
+    TuneData,
+    fairness_gap,
+    load_tune_data,
+    make_objective,
+    objective_value,
+)
 from fairxray.tune.space import (
     OBJECTIVES,
     PRUNERS,
     Dim,
-    search_space,
-    check_tune_params,
     apply_overrides,
+    check_tune_params,
+    make_sampler,
+    search_space,
     suggest,
     trial_seed,
-    make_sampler,
 )
-
 from fairxray.tune.storage import (
     HEARTBEAT_S,
-    storage_url,
-    redact,
     make_storage,
+    redact,
+    storage_url,
 )
-
-from fairxray.tune.objective import (
-    objective_value,
-    TuneData,
-    load_tune_data,
-    fairness_gap,
-    make_objective,
-)
-
 from fairxray.tune.study import (
     FORMAT,
+    choose_pareto,
+    counted_states,
+    counted_trials,
     inputs_sha256,
+    n_finished,
+    nothing_to_tune,
     settings,
     study_name,
-    counted_states,
-    n_finished,
-    counted_trials,
-    choose_pareto,
-    trial_record,
     summarise,
-    nothing_to_tune,
+    trial_record,
+    tune,
     tuned_params,
     write_tuned,
-    tune,
 )
-
 
 __all__ = [
     "Dim",
