@@ -259,6 +259,28 @@ def write_tuned(path: str | Path, content: dict) -> Path:
     return path
 
 
+def _open_study(tp, url: str, name: str):
+    """The study ``name`` in ``url`` (created if new) with the configured pruner."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=tp.pruner_startup_trials, n_warmup_steps=tp.pruner_warmup_epochs
+        )
+        if tp.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    directions = ["maximize", "minimize"] if tp.multi_objective else ["maximize"]
+    return optuna.create_study(
+        storage=make_storage(url),
+        pruner=pruner,
+        study_name=name,
+        directions=directions,
+        load_if_exists=True,
+    )
+
+
 def tune(
     p: Params,
     model: str,
@@ -298,22 +320,7 @@ def tune(
         url = storage_url(tp, storage)
         st = settings(p, model, method)
         name = study_name(model, method, st)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        pruner = (
-            optuna.pruners.MedianPruner(
-                n_startup_trials=tp.pruner_startup_trials, n_warmup_steps=tp.pruner_warmup_epochs
-            )
-            if tp.pruner == "median"
-            else optuna.pruners.NopPruner()
-        )
-        directions = ["maximize", "minimize"] if tp.multi_objective else ["maximize"]
-        study = optuna.create_study(
-            storage=make_storage(url),
-            pruner=pruner,
-            study_name=name,
-            directions=directions,
-            load_if_exists=True,
-        )
+        study = _open_study(tp, url, name)
         study.sampler = make_sampler(tp.seed, tp.startup_trials)
         if "settings" not in study.user_attrs:
             study.set_user_attr("settings", st)
