@@ -105,6 +105,11 @@ class TrainParams:
     lora_rank: int
     lora_alpha: float
     lora_dropout: float
+    # "model": each model's released-code LoRA (ModelSpec.lora: rank 16 ViT / 4 ResNet, scale 1);
+    # "train": lora_rank and scale lora_alpha / lora_rank for every model (what tuning varies);
+    # "equal_budget": per-model rank giving about lora_budget adapter parameters, the model's scale
+    lora_config: str
+    lora_budget: int  # equal_budget: target adapter parameters per model
     patience: int  # epochs without validation improvement before stopping; 0 = never stop
     augment: AugmentParams
     class_balanced: bool  # sample training batches with equal expected counts per class

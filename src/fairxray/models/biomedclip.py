@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer
 from fairxray.models.openclip import CLIP_IMAGE, OpenClipModel
-from fairxray.models.registry import ModelSpec, register
+from fairxray.models.registry import LoraSpec, ModelSpec, register
 from fairxray.models.weights import read_state_file, strict_load
 
 WEIGHTS = "open_clip_pytorch_model.bin"
@@ -76,6 +76,14 @@ SPEC = register(
         embed_dim=512,
         prompt_style="biomedclip",
         lora_targets=r"trunk\.blocks\.\d+\.attn\.qkv",
+        # The released code cannot run on BiomedCLIP (it looks for OpenAI names); timm's fused
+        # qkv Linear is the same in-projection as CLIP's in_proj_weight: same rank, scale, size.
+        lora=LoraSpec(
+            targets=r"trunk\.blocks\.\d+\.attn\.qkv",
+            rank=16,
+            scale=1.0,
+            source="analogue of the released ViT LoRA: rank 16, scale 1 on the fused qkv",
+        ),
         notes="timm vit_base_patch16_224 (CLS) + PubMedBERT (CLS, MLP proj); ctx 256",
         feature_dim=768,
         text_context=CONTEXT,

@@ -25,7 +25,7 @@ from torch import nn
 
 from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer
 from fairxray.models.base import ClipModel
-from fairxray.models.medclip import default_bert_config
+from fairxray.models.medclip import RESNET_LORA, default_bert_config
 from fairxray.models.registry import ImageSpec, ModelSpec, register
 from fairxray.models.weights import read_state_file, strict_load
 
@@ -145,7 +145,8 @@ SPEC = register(
         image=ImageSpec(224, "pad_square", 256, "bilinear", 3, (0.5,) * 3, (0.5,) * 3, "0-1"),
         embed_dim=768,
         prompt_style="report_ensemble",
-        lora_targets=r"model\.layer[1-4]\.\d+\.conv[123]",
+        lora_targets=RESNET_LORA.targets,
+        lora=RESNET_LORA,
         notes="global branch for the CLIP interface; logit scale = temp3 (10)",
         feature_dim=2048,
         text_context=CONTEXT,

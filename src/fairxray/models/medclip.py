@@ -20,7 +20,7 @@ from torch import nn
 
 from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer, swin_v4_to_v5
 from fairxray.models.base import ClipModel
-from fairxray.models.registry import ImageSpec, ModelSpec, register
+from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, register
 from fairxray.models.weights import read_state_file, strict_load
 
 WEIGHTS = "pytorch_model.bin"
@@ -160,6 +160,22 @@ _COMMON = dict(
     text_context=77,
     random_vocab_note="random build: generated character-level vocabulary, not Bio_ClinicalBERT's",
 )
+# The released code: rank 4 on every bottleneck conv (conv1-3) of layer1-4, B @ A added unscaled
+# (peft conv LoRA: A = Conv2d(in, r, k), B = Conv2d(r, out, 1); 294,144 parameters at rank 4).
+RESNET_LORA = LoraSpec(
+    targets=r"model\.layer[1-4]\.\d+\.conv[123]",
+    rank=4,
+    scale=1.0,
+    source="released code: rank 4 on layer1-4 bottleneck convs, no scaling",
+)
+# Swin keeps q, k and v as separate Linears (no fused in-projection): rank 16 on each, scale 1,
+# the nearest analogue of the released ViT LoRA (which cannot run on MedCLIP as released).
+SWIN_LORA = LoraSpec(
+    targets=r"model\.encoder\.layers\.\d+\.blocks\.\d+\.attention\.(q_proj|k_proj|v_proj)",
+    rank=16,
+    scale=1.0,
+    source="analogue of the released ViT LoRA: rank 16, scale 1 on Swin's q, k, v",
+)
 _VOCAB_NOTE = "vocab.txt from https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT"
 
 
@@ -179,7 +195,8 @@ SPEC_RESNET = register(
         weight_files=(WEIGHTS, "vocab.txt"),
         source="https://storage.googleapis.com/pytrial/medclip-pretrained.zip (unzip); "
         + _VOCAB_NOTE,
-        lora_targets=r"model\.layer[1-4]\.\d+\.conv[123]",
+        lora_targets=RESNET_LORA.targets,
+        lora=RESNET_LORA,
         notes="torchvision ResNet-50, fc = Linear(2048, 512, no bias); Bio_ClinicalBERT",
         feature_dim=2048,
         **_COMMON,
@@ -192,7 +209,8 @@ SPEC_VIT = register(
         weight_files=(WEIGHTS, "vocab.txt"),
         source="https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip (unzip); "
         + _VOCAB_NOTE,
-        lora_targets=r"model\.encoder\.layers\.\d+\.blocks\.\d+\.attention\.(q_proj|k_proj|v_proj)",
+        lora_targets=SWIN_LORA.targets,
+        lora=SWIN_LORA,
         notes="Swin-T (transformers 5 names; 4.x checkpoint keys mapped) + Linear(768, 512)",
         feature_dim=768,
         **_COMMON,
