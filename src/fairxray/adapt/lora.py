@@ -54,7 +54,9 @@ class LoraSettings:
         return self.scale * self.rank  # peft scales by alpha / rank
 
 
-def lora_settings(spec: ModelSpec, hp: TrainParams, vision: nn.Module | None = None) -> LoraSettings:
+def lora_settings(
+    spec: ModelSpec, hp: TrainParams, vision: nn.Module | None = None
+) -> LoraSettings:
     """Resolve ``train.lora_config`` for one model (``vision`` is needed for ``equal_budget``)."""
     mode = hp.lora_config
     if mode not in LORA_CONFIGS:

@@ -155,7 +155,12 @@ _METHODS = {
             _linear_probe,
         ),
         Method("mlp", "embeddings", "frozen backbone, linear-BatchNorm-ReLU-linear head", _mlp),
-        Method("lora", "images", "peft LoRA on the model's LoRA targets (train.lora_config) + train.head", _lora),
+        Method(
+            "lora",
+            "images",
+            "peft LoRA on the model's LoRA targets (train.lora_config) + train.head",
+            _lora,
+        ),
         Method("full_ft", "images", "every image-tower weight trainable + train.head", _full_ft),
     )
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer
 from fairxray.models.openclip import CLIP_IMAGE, OpenClipModel
 from fairxray.models.registry import LoraSpec, ModelSpec, register
-from fairxray.models.weights import read_state_file, strict_load
+from fairxray.models.weights import read_state_file, strict_load, weight_path
 
 WEIGHTS = "open_clip_pytorch_model.bin"
 CONTEXT = 256
@@ -46,7 +46,7 @@ def build_biomedclip(spec: ModelSpec, model_cfg: dict, folder: Path | None) -> O
 
     clip = open_clip.CustomTextCLIP(**model_cfg)
     if folder is not None:
-        path = Path(folder) / WEIGHTS
+        path = weight_path(folder, WEIGHTS)
         strict_load(clip, read_state_file(path), source=str(path), drop=is_stale_buffer)
     tok = bert_tokenizer(folder, lower_case=True)  # PubMedBERT is uncased
     context = spec.text_context

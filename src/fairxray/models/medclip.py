@@ -21,7 +21,7 @@ from torch import nn
 from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer, swin_v4_to_v5
 from fairxray.models.base import ClipModel
 from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, register
-from fairxray.models.weights import read_state_file, strict_load
+from fairxray.models.weights import read_state_file, strict_load, weight_path
 
 WEIGHTS = "pytorch_model.bin"
 MEDCLIP_IMAGE = ImageSpec(
@@ -127,7 +127,7 @@ def build_medclip(
 ) -> MedCLIPModel:
     model = MedCLIPModel(spec, vision, bert_config, bert_tokenizer(folder))
     if folder is not None:
-        path = Path(folder) / WEIGHTS
+        path = weight_path(folder, WEIGHTS)
         strict_load(
             model,
             read_state_file(path),

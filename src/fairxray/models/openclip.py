@@ -17,7 +17,7 @@ from torch import nn
 from fairxray.models.base import ClipModel
 from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, register
 from fairxray.models.safe_pickle import jit_state_dict
-from fairxray.models.weights import read_state_file, strict_load
+from fairxray.models.weights import read_state_file, strict_load, weight_path
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -100,7 +100,7 @@ def build_openai_clip(spec: ModelSpec, model_cfg: dict, folder: Path | None) -> 
 
     clip = open_clip.CLIP(**model_cfg)
     if folder is not None:
-        path = Path(folder) / spec.weight_files[0]
+        path = weight_path(folder, spec.weight_files[0])
         strict_load(
             clip,
             read_openai_state(path),
