@@ -548,3 +548,38 @@ def test_full_size_round_trip_through_registry(tmp_path, name, monkeypatch):
     assert weights_status(name, tmp_path).valid
     loaded = create(name, tmp_path)
     _assert_same(ref, loaded)
+
+
+# -- GLoRIA text cleaning (upstream process_text) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Atelectasis", ""),  # one word: dropped, so the prompt encodes as [CLS] [SEP]
+        ("pleural effusion", "pleural effusion"),
+        ("1. Small left effusion 2. No pneumothorax.", "small left effusion no pneumothorax"),
+        (
+            "Edema. Mild cardiomegaly.\nNo focal consolidation",
+            "mild cardiomegaly no focal consolidation",
+        ),
+        ("3.5 cm mass", "5 cm mass"),  # "3." is a list marker to upstream's splitter
+        ("Résumé: opacité basale", "rsum opacit basale"),  # non-ASCII characters dropped
+    ],
+)
+def test_gloria_text_matches_upstream_cleaning(text, expected):
+    from fairxray.models.gloria import gloria_text
+
+    assert gloria_text(text) == expected
+
+
+def test_gloria_tokens_single_word_and_long_prompts():
+    from fairxray.models.gloria import CONTEXT, build_gloria
+
+    m = build_gloria(get_spec("gloria"), _small_bert(), None)
+    itos = {i: t for t, i in generated_vocab().items()}
+    tok = m.tokenize(["atelectasis", "word " * 200])
+    assert tok["input_ids"].shape == (2, CONTEXT)
+    assert [itos[i] for i in tok["input_ids"][0, :3].tolist()] == ["[CLS]", "[SEP]", "[PAD]"]
+    assert int(tok["attention_mask"][1].sum()) == CONTEXT  # truncated at upstream's 97 tokens
+    assert itos[int(tok["input_ids"][1, -1])] == "[SEP]"

@@ -17,6 +17,7 @@ Logit scale: 10, GLoRIA's global-loss temperature (``temp3`` in its pretraining 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -33,6 +34,27 @@ WEIGHTS = "gloria_resnet50.safetensors"
 CONTEXT = 97
 GLOBAL_TEMPERATURE = 10.0
 LAST_N_LAYERS = 4
+
+
+_NUMBERED = re.compile(r"[0-9]+\.")
+_WORD = re.compile(r"\w+")
+
+
+def gloria_text(text: str) -> str:
+    """GLoRIA's report cleaning before BERT (upstream ``process_text``), re-implemented:
+    newlines -> spaces; split into sentences at numbered-list markers ("1.") and at full stops;
+    each sentence lower-cased and reduced to its runs of word characters (non-ASCII dropped);
+    sentences of one word or none are dropped; the rest joined by spaces. A one-word prompt such
+    as "atelectasis" therefore becomes empty text, i.e. ``[CLS] [SEP]``, as upstream encodes it."""
+    sentences = [s for part in _NUMBERED.split(text.replace("\n", " ")) for s in part.split(".")]
+    kept = []
+    for sentence in sentences:
+        words = _WORD.findall(sentence.replace("\ufffd\ufffd", " ").lower())
+        if len(words) <= 1:
+            continue
+        ascii_words = [a for a in (w.encode("ascii", "ignore").decode("ascii") for w in words) if a]
+        kept.append(" ".join(ascii_words))
+    return " ".join(kept)
 
 
 class ImageEncoder(nn.Module):
@@ -80,10 +102,7 @@ class GloriaModel(ClipModel):
         self._tokenizer = tokenizer
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        # Upstream lower-cases and keeps \w+ words (RegexpTokenizer) before BERT tokenisation.
-        import re
-
-        clean = [" ".join(re.findall(r"\w+", t.lower())) for t in texts]
+        clean = [gloria_text(t) for t in texts]
         return bert_tokens(self._tokenizer, clean, self.spec.text_context, pad_to_max=True)
 
     def text_forward(self, **tokens: torch.Tensor) -> torch.Tensor:
