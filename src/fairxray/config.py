@@ -110,6 +110,8 @@ class TrainParams:
     # "equal_budget": per-model rank giving about lora_budget adapter parameters, the model's scale
     lora_config: str
     lora_budget: int  # equal_budget: target adapter parameters per model
+    # zero_shot: "model" (each model's upstream rule, ModelSpec.zero_shot) | "cosine_softmax"
+    zero_shot_rule: str
     patience: int  # epochs without validation improvement before stopping; 0 = never stop
     augment: AugmentParams
     class_balanced: bool  # sample training batches with equal expected counts per class

@@ -60,6 +60,15 @@ def encode_cache(
     return out[inverse]
 
 
+def iter_pixels(cache: ImageCache, image_ids: Sequence[str], batch_size: int, device):
+    """uint8 pixel batches ``[b, S, S]`` on ``device`` for ``image_ids`` in order (zero-shot rules
+    that need more than the image embedding, e.g. GLoRIA's region features)."""
+    rows = cache.rows_for([str(i) for i in image_ids])
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        yield torch.from_numpy(np.asarray(cache.pixels[chunk])).to(device)
+
+
 # embeddings/<model>/ layout: one <split>.npz per split with ``image_id`` (str [U], each image
 # once, in first-appearance order) and ``features`` (float32 [U, embed_dim], the image tower's
 # unnormalised output, ``ClipModel.encode_image(..., normalize=False)``: the quantity the heads of

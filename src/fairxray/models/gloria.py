@@ -67,12 +67,26 @@ class ImageEncoder(nn.Module):
         self.global_embedder = nn.Linear(2048, 768)
         self.local_embedder = nn.Conv2d(1024, 768, kernel_size=1, bias=False)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=True)
+    input_size = 299  # upstream upsamples every input to 299 inside the tower
+
+    def _layer3(self, x: torch.Tensor) -> torch.Tensor:
+        side = self.input_size
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=True)
         m = self.model
         x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-        x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-        return torch.flatten(m.avgpool(x), 1)
+        return m.layer3(m.layer2(m.layer1(x)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return torch.flatten(m.avgpool(m.layer4(self._layer3(x))), 1)
+
+    def local_global(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Upstream's two image embeddings: region features ``[B, 768, 19, 19]`` (layer3 ->
+        ``local_embedder``) and the global embedding ``[B, 768]``."""
+        m = self.model
+        mid = self._layer3(x)
+        glob = self.global_embedder(torch.flatten(m.avgpool(m.layer4(mid)), 1))
+        return self.local_embedder(mid), glob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.global_embedder(self.features(x))
@@ -85,11 +99,15 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.model = BertModel(bert_config)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Sum of the last 4 hidden layers per token ``[T, L, H]``."""
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
         )
-        h = torch.stack(out.hidden_states[-LAST_N_LAYERS:]).sum(0)  # [T, L, H]
+        return torch.stack(out.hidden_states[-LAST_N_LAYERS:]).sum(0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.token_states(input_ids, attention_mask)
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / input_ids.shape[1]
 
@@ -107,6 +125,31 @@ class GloriaModel(ClipModel):
 
     def text_forward(self, **tokens: torch.Tensor) -> torch.Tensor:
         return self.text(tokens["input_ids"], tokens["attention_mask"])
+
+    def word_embeddings(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Upstream's text embeddings for the local similarity: word vectors ``[T, H, L]``
+        (word pieces summed into words; position 0 [CLS], then the words, [SEP], zeros), the
+        sentence embeddings ``[T, H]`` and upstream's ``cap_lens``. Upstream counts the
+        characters of the raw prompt that do not start with "[" (its loop runs over the string),
+        not the words, so its local similarity also spans [SEP] and zero word slots; kept as is."""
+        dev = self.device
+        tok = {k: v.to(dev) for k, v in self.tokenize(list(texts)).items()}
+        h = self.text.token_states(tok["input_ids"], tok["attention_mask"])  # [T, L, H]
+        words = torch.zeros_like(h)
+        for i, ids in enumerate(tok["input_ids"].tolist()):
+            pieces = self._tokenizer.convert_ids_to_tokens(ids)
+            col = -1
+            for pos, piece in enumerate(pieces):
+                if piece.startswith("##") and col >= 0:
+                    words[i, col] += h[i, pos]
+                    continue
+                col += 1
+                words[i, col] = h[i, pos]
+                if piece == "[SEP]":
+                    break
+        sent = self.text(tok["input_ids"], tok["attention_mask"])
+        cap_lens = [sum(not ch.startswith("[") for ch in t) for t in texts]
+        return words.transpose(1, 2), sent, cap_lens
 
     def text_modules(self) -> list[nn.Module]:
         return [self.text]
@@ -163,7 +206,8 @@ SPEC = register(
         # Longer side 256 + pad (square cache: a resize), centre crop 224, model upsamples to 299.
         image=ImageSpec(224, "pad_square", 256, "bilinear", 3, (0.5,) * 3, (0.5,) * 3, "0-1"),
         embed_dim=768,
-        prompt_style="report_ensemble",
+        prompt_style="gloria",
+        zero_shot="gloria_local_global",
         lora_targets=RESNET_LORA.targets,
         lora=RESNET_LORA,
         notes="global branch for the CLIP interface; logit scale = temp3 (10)",

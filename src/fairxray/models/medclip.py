@@ -7,7 +7,9 @@ buffers (BERT ``position_ids``) and mapping Swin 4.x names to transformers 5.x.
 
 Text embedding: mean over tokens of hidden layers 1, 2 and 12, then the projection. Upstream
 averages over padding too, which makes an embedding depend on the other prompts padded with it;
-we average over real tokens only = upstream's output for a prompt tokenised on its own.
+``encode_text`` averages over real tokens only (= upstream's output for a prompt tokenised on its
+own); ``encode_text_padded`` reproduces upstream's zero-shot batches (one class's prompts padded
+together), which the default zero-shot rule ``medclip_prompt_mean`` uses.
 """
 
 from __future__ import annotations
@@ -39,12 +41,19 @@ class MedCLIPTextModel(nn.Module):
         self.model = BertModel(bert_config)  # with pooler, as AutoModel gives upstream
         self.projection_head = nn.Linear(bert_config.hidden_size, 512, bias=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mean_over_padding: bool = False,
+    ) -> torch.Tensor:
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
         )
         hs = out.hidden_states
         layers = torch.stack([hs[1], hs[2], hs[-1]]).mean(0)  # [T, L, H]
+        if mean_over_padding:  # upstream: the mean runs over every position, pads included
+            return self.projection_head(layers.mean(1))
         m = attention_mask.unsqueeze(-1).to(layers.dtype)
         return self.projection_head((layers * m).sum(1) / m.sum(1).clamp_min(1.0))
 
@@ -94,6 +103,15 @@ class MedCLIPModel(ClipModel):
 
     def text_forward(self, **tokens: torch.Tensor) -> torch.Tensor:
         return self.text(tokens["input_ids"], tokens["attention_mask"])
+
+    def encode_text_padded(self, texts: list[str]) -> torch.Tensor:
+        """Upstream's zero-shot text embeddings (normalised): ``texts`` (one class's prompts)
+        tokenised together, padded to the longest, and averaged over the padding too, so a
+        prompt's embedding depends on the other prompts of its class."""
+        dev = self.device
+        tok = {k: v.to(dev) for k, v in self.tokenize(list(texts)).items()}
+        z = self.text(tok["input_ids"], tok["attention_mask"], mean_over_padding=True)
+        return torch.nn.functional.normalize(z, dim=-1)
 
     def text_modules(self) -> list[nn.Module]:
         return [self.text]
@@ -157,6 +175,7 @@ _COMMON = dict(
     image=MEDCLIP_IMAGE,
     embed_dim=512,
     prompt_style="report_ensemble",
+    zero_shot="medclip_prompt_mean",
     text_context=77,
     random_vocab_note="random build: generated character-level vocabulary, not Bio_ClinicalBERT's",
 )

@@ -13,6 +13,7 @@ from fairxray.errors import UserError
 SCHEDULERS = ("cosine", "cosine_warm_restarts")
 SELECTIONS = ("macro_f1", "accuracy", "neg_loss")
 DEVICES = ("auto", "cpu", "cuda")
+ZERO_SHOT_OVERRIDES = ("model", "cosine_softmax")  # see fairxray.adapt.zero_shot
 
 
 
@@ -32,6 +33,7 @@ def check_train_params(hp: TrainParams, src: str = "train") -> None:
         (0 <= hp.lora_dropout < 1, "lora_dropout", "must lie in [0, 1)"),
         (hp.lora_config in LORA_CONFIGS, "lora_config", f"must be one of {LORA_CONFIGS}"),
         (hp.lora_budget >= 1, "lora_budget", "must be at least 1"),
+        (hp.zero_shot_rule in ZERO_SHOT_OVERRIDES, "zero_shot_rule", f"must be one of {ZERO_SHOT_OVERRIDES}"),
         (hp.patience >= 0, "patience", "must be non-negative"),
         (0 <= hp.augment.flip_p <= 1, "augment.flip_p", "must lie in [0, 1]"),
         (0 <= hp.augment.rotation_deg <= 180, "augment.rotation_deg", "must lie in [0, 180]"),
