@@ -112,6 +112,9 @@ class TrainParams:
     lora_budget: int  # equal_budget: target adapter parameters per model
     # zero_shot: "model" (each model's upstream rule, ModelSpec.zero_shot) | "cosine_softmax"
     zero_shot_rule: str
+    # linear_probe / mlp: K augmented views (train.augment) of every training image, encoded
+    # once by `embed` beside the plain embeddings; each epoch draws one view per image. 0 = none.
+    frozen_augment_views: int
     patience: int  # epochs without validation improvement before stopping; 0 = never stop
     augment: AugmentParams
     class_balanced: bool  # sample training batches with equal expected counts per class

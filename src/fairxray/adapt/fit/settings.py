@@ -33,6 +33,7 @@ def check_train_params(hp: TrainParams, src: str = "train") -> None:
         (0 <= hp.lora_dropout < 1, "lora_dropout", "must lie in [0, 1)"),
         (hp.lora_config in LORA_CONFIGS, "lora_config", f"must be one of {LORA_CONFIGS}"),
         (hp.lora_budget >= 1, "lora_budget", "must be at least 1"),
+        (hp.frozen_augment_views >= 0, "frozen_augment_views", "must be non-negative"),
         (hp.zero_shot_rule in ZERO_SHOT_OVERRIDES, "zero_shot_rule", f"must be one of {ZERO_SHOT_OVERRIDES}"),
         (hp.patience >= 0, "patience", "must be non-negative"),
         (0 <= hp.augment.flip_p <= 1, "augment.flip_p", "must lie in [0, 1]"),
