@@ -1,4 +1,4 @@
-"""GLoRIA (marshuang80/gloria), ResNet-50 + Bio_ClinicalBERT, global branch, re-implemented.
+"""GLoRIA (marshuang80/gloria), ResNet-50 + Bio_ClinicalBERT, re-implemented.
 
 Not the PyPI ``gloria`` package (an unrelated time-series library). Upstream ships a Lightning
 checkpoint that needs unpickling; ``fairxray convert-gloria`` turns it into
@@ -7,8 +7,10 @@ this loader reads (strictly, after ``img_encoder.`` -> ``vision.``, ``text_encod
 and dropping stale buffers).
 
 Image: input bilinearly upsampled to 299 (align_corners=True) inside the tower, ResNet-50 avgpool
--> ``global_embedder`` Linear(2048, 768). The local branch (layer3 -> ``local_embedder``) is kept
-for a strict load but not used by the CLIP interface. Text: upstream's sentence embedding is the
+-> ``global_embedder`` Linear(2048, 768): the CLIP interface (``vision``). The local branch
+(layer3 -> ``local_embedder``, ``ImageEncoder.local_global``) serves upstream's zero-shot rule
+(word-region similarity, ``fairxray.adapt.zero_shot``). Text: prompts are cleaned as upstream's
+``process_text`` does (:func:`gloria_text`); upstream's sentence embedding is the
 sum over the last 4 layers of the mean over word positions, where word pieces are merged by
 summing and the mean divides by the padded length (97). Merging by summation keeps the total, so
 the direction equals the masked token sum we compute; cosine scores are identical.
@@ -210,7 +212,7 @@ SPEC = register(
         zero_shot="gloria_local_global",
         lora_targets=RESNET_LORA.targets,
         lora=RESNET_LORA,
-        notes="global branch for the CLIP interface; logit scale = temp3 (10)",
+        notes="global branch for the CLIP interface, local + global for zero-shot; temp3 = 10",
         feature_dim=2048,
         text_context=CONTEXT,
         random_vocab_note="random build: generated character-level vocabulary, not Bio_ClinicalBERT's",
