@@ -231,3 +231,18 @@ def test_medclip_padded_prompts_follow_upstream():
     got = _medclip_logits(m, img.numpy(), {"Edema": prompts}, ["Edema"])
     ref = (m.logit_scale() * F.normalize(img, dim=-1) @ padded.T).mean(1, keepdim=True)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_every_prompt_set_names_its_source_and_rules_are_known():
+    from fairxray.adapt.zero_shot import PROMPT_SOURCES, ZERO_SHOT_RULES, rule_for
+
+    assert set(PROMPT_SOURCES) == set(PROMPT_SCHEMES)
+    for n in list_models():
+        spec = get_spec(n)
+        assert rule_for(spec) in ZERO_SHOT_RULES
+        if spec.family == "gloria":  # upstream cleaning drops one-word prompts: none in its set
+            assert all(
+                len(p.split()) > 1 for ps in class_prompts(spec, PAPER_CLASSES).values() for p in ps
+            )
+    with pytest.raises(ValueError, match="zero_shot_rule"):
+        rule_for(get_spec("toy"), "gloria_local_global")
