@@ -23,9 +23,7 @@ def _resize(x: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:
     clipped to 0-255 (PIL stores it as uint8), then a vertical pass. One 2-D float resize skips
     that clip, and bicubic overshoot at sharp edges then differs from PIL by up to 18 levels."""
     if x.shape[-1] != w:
-        x = F.interpolate(
-            x, size=(x.shape[-2], w), mode=mode, align_corners=False, antialias=True
-        )
+        x = F.interpolate(x, size=(x.shape[-2], w), mode=mode, align_corners=False, antialias=True)
         if x.shape[-2] != h:
             x = x.round_().clamp_(0.0, 255.0)
     if x.shape[-2] != h:
