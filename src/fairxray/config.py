@@ -111,6 +111,16 @@ class TrainParams:
     lora_rank: int
     lora_alpha: float
     lora_dropout: float
+    # "model": each model's released-code LoRA (ModelSpec.lora: rank 16 ViT / 4 ResNet, scale 1);
+    # "train": lora_rank and scale lora_alpha / lora_rank for every model (what tuning varies);
+    # "equal_budget": per-model rank giving about lora_budget adapter parameters, the model's scale
+    lora_config: str
+    lora_budget: int  # equal_budget: target adapter parameters per model
+    # zero_shot: "model" (each model's upstream rule, ModelSpec.zero_shot) | "cosine_softmax"
+    zero_shot_rule: str
+    # linear_probe / mlp: K augmented views (train.augment) of every training image, encoded
+    # once by `embed` beside the plain embeddings; each epoch draws one view per image. 0 = none.
+    frozen_augment_views: int
     patience: int  # epochs without validation improvement before stopping; 0 = never stop
     augment: AugmentParams
     class_balanced: bool  # sample training batches with equal expected counts per class

@@ -179,7 +179,12 @@ def test_paper_defect_no_gradient_is_caught(monkeypatch):
     head(module(x)).sum().backward()
     assert any("no gradient" in p for p in lora_gradient_problems(module))
 
-    monkeypatch.setattr(registry, "add_lora", broken_add_lora)
+    def broken_apply_lora(module, settings, *, dropout):
+        return broken_add_lora(
+            module, settings.targets, rank=settings.rank, alpha=settings.alpha, dropout=dropout
+        )
+
+    monkeypatch.setattr(registry, "apply_lora", broken_apply_lora)
     with pytest.raises(RuntimeError, match="LoRA adapters are not training"):
         fit(
             "lora",
@@ -192,7 +197,8 @@ def test_paper_defect_no_gradient_is_caught(monkeypatch):
 
 def test_lora_targets_must_match():
     model = create("toy")
-    model.spec = dataclasses.replace(model.spec, lora_targets=("no_such_layer",))
+    lora = dataclasses.replace(model.spec.lora, targets=("no_such_layer",))
+    model.spec = dataclasses.replace(model.spec, lora_targets=("no_such_layer",), lora=lora)
     with pytest.raises(UserError, match="match nothing"):
         adapt.build("lora", n_classes=N_CLASSES, hp=train_params(), model=model)
 

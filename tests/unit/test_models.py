@@ -98,7 +98,22 @@ def test_preprocess_matches_pil_pipeline(spec, shape):
     # Back to grey levels: PIL and torch's antialiased resize agree within ~1 level.
     scale = torch.tensor(spec.std).view(-1, 1, 1) * (255.0 if spec.value_range == "0-1" else 1.0)
     diff = ((ours - ref) * scale).abs()
-    assert diff.max() <= 3.0 and diff.mean() < 0.5
+    assert diff.max() <= 2.0 + 1e-3 and diff.mean() < 0.5
+
+
+@pytest.mark.parametrize("spec", SPECS_UNDER_TEST)
+@pytest.mark.parametrize("side", [64, 256])
+def test_preprocess_within_two_grey_levels_of_pil_on_noise(spec, side):
+    """The claim in models/preprocess.py, measured: uniform noise is the worst case for bicubic
+    overshoot (one 2-D float resize without PIL's clipped 8-bit intermediate: 18 levels off)."""
+    from fairxray.models.preprocess import preprocess_pixels
+
+    img = np.random.default_rng(side).integers(0, 256, (side, side), dtype=np.uint8)
+    ours = preprocess_pixels(torch.from_numpy(img)[None], spec)[0]
+    scale = torch.tensor(spec.std).view(-1, 1, 1) * (255.0 if spec.value_range == "0-1" else 1.0)
+    diff = ((ours - _pil_reference(img, spec)) * scale).abs()
+    assert diff.max() <= 2.0 + 1e-3
+    assert (diff > 1.0 + 1e-3).float().mean() <= 1e-3  # measured: at most 0.06 %
 
 
 def test_preprocess_is_batched_and_keeps_device():

@@ -9,7 +9,8 @@ What each method holds fixed:
 
 - ``linear_probe``, ``mlp``: the whole backbone (trained on cached embeddings; the backbone never
   runs, so neither its weights nor its BatchNorm statistics can drift, unlike the paper's code).
-- ``lora``: every backbone weight and buffer; BatchNorm layers of the backbone stay in eval mode
+- ``lora``: every backbone weight and buffer (targets, rank and scale: ``train.lora_config``,
+  see :mod:`fairxray.adapt.lora`); BatchNorm layers of the backbone stay in eval mode
   so their running statistics are buffers that do not move either. Dropout stays active.
 - ``full_ft``: nothing; the backbone may get a lower learning rate (``backbone_lr_scale``).
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from fairxray.adapt import heads
-from fairxray.adapt.lora import add_lora
+from fairxray.adapt.lora import apply_lora, lora_settings
 from fairxray.errors import UserError
 
 if TYPE_CHECKING:
@@ -124,13 +125,8 @@ def _need_model(model, name: str) -> ClipModel:
 def _lora(model, in_dim, n_classes, hp) -> nn.Module:
     model = _need_model(model, "lora")
     model.requires_grad_(False)
-    vision = add_lora(
-        model.vision,
-        model.spec.lora_targets,
-        rank=hp.lora_rank,
-        alpha=hp.lora_alpha,
-        dropout=hp.lora_dropout,
-    )
+    settings = lora_settings(model.spec, hp, model.vision)
+    vision = apply_lora(model.vision, settings, dropout=hp.lora_dropout)
     head = heads.build_head(hp.head, in_dim, hp.head_hidden, n_classes)
     return ImageClassifier(vision, head, model.preprocess, freeze_norm=True)
 
@@ -159,7 +155,12 @@ _METHODS = {
             _linear_probe,
         ),
         Method("mlp", "embeddings", "frozen backbone, linear-BatchNorm-ReLU-linear head", _mlp),
-        Method("lora", "images", "peft LoRA on the model's lora_targets + train.head", _lora),
+        Method(
+            "lora",
+            "images",
+            "peft LoRA on the model's LoRA targets (train.lora_config) + train.head",
+            _lora,
+        ),
         Method("full_ft", "images", "every image-tower weight trainable + train.head", _full_ft),
     )
 }

@@ -60,12 +60,67 @@ def encode_cache(
     return out[inverse]
 
 
+def iter_pixels(cache: ImageCache, image_ids: Sequence[str], batch_size: int, device):
+    """uint8 pixel batches ``[b, S, S]`` on ``device`` for ``image_ids`` in order (zero-shot rules
+    that need more than the image embedding, e.g. GLoRIA's region features)."""
+    rows = cache.rows_for([str(i) for i in image_ids])
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        yield torch.from_numpy(np.asarray(cache.pixels[chunk])).to(device)
+
+
 # embeddings/<model>/ layout: one <split>.npz per split with ``image_id`` (str [U], each image
 # once, in first-appearance order) and ``features`` (float32 [U, embed_dim], the image tower's
 # unnormalised output, ``ClipModel.encode_image(..., normalize=False)``: the quantity the heads of
-# image methods see too); manifest.json (written last; ``complete: true``).
+# image methods see too); with ``train.frozen_augment_views`` K > 0 also train_views.npz
+# (``image_id`` as train.npz, ``features`` float32 [K, U, embed_dim]: K augmented views of every
+# training image); manifest.json (written last; ``complete: true``).
 MANIFEST = "manifest.json"
 FORMAT = 1
+VIEWS = "train_views.npz"
+VIEW_SEED = 0  # the views' augmentation stream: fixed, so the cache is a pure function of params
+
+
+def encode_views(
+    model: ClipModel,
+    cache: ImageCache,
+    image_ids: Sequence[str],
+    k: int,
+    aug,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """float32 ``[k, len(image_ids), D]``: each image augmented (``train.augment``, the image
+    methods' augmentation) k times with a seeded stream, each view encoded once."""
+    from fairxray.adapt.augment import augment
+
+    gen = torch.Generator().manual_seed(VIEW_SEED)
+    model.to(device).eval()
+    out = np.empty((k, len(image_ids), model.spec.embed_dim), dtype=np.float32)
+    with torch.inference_mode():
+        for v in range(k):
+            start = 0
+            for px in iter_pixels(cache, image_ids, batch_size, device):
+                px = augment(px, aug, gen)
+                z = model.encode_image(model.preprocess(px), normalize=False)
+                out[v, start : start + len(px)] = z.float().cpu().numpy()
+                start += len(px)
+    return out
+
+
+def read_views(folder: str | Path, image_ids) -> np.ndarray | None:
+    """float32 ``[K, len(image_ids), D]`` of the cached training views, or None when none."""
+    path = Path(folder) / VIEWS
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        ids, feats = z["image_id"].astype(str), z["features"]
+    pos = {v: i for i, v in enumerate(ids)}
+    want = [str(i) for i in image_ids]
+    missing = [i for i in want if i not in pos]
+    if missing:
+        raise UserError(f"{path}: {len(missing)} training image(s) have no views; rerun embed")
+    return feats[:, np.fromiter((pos[i] for i in want), dtype=np.int64, count=len(want))]
 
 
 def write_embeddings(
@@ -73,6 +128,7 @@ def write_embeddings(
     ids_by_split: dict[str, list[str]],
     features: dict[str, np.ndarray],
     manifest: dict,
+    views: np.ndarray | None = None,
 ) -> Path:
     """Write the folder atomically: a temp folder next to it, then one rename."""
     out_dir = Path(out_dir)
@@ -83,6 +139,8 @@ def write_embeddings(
         np.savez(
             tmp / f"{split}.npz", image_id=np.asarray(ids, dtype=str), features=features[split]
         )
+    if views is not None:
+        np.savez(tmp / VIEWS, image_id=np.asarray(ids_by_split["train"], dtype=str), features=views)
     (tmp / MANIFEST).write_text(
         json.dumps({**manifest, "format": FORMAT, "complete": True}, indent=2)
     )
@@ -139,6 +197,14 @@ def embed(
     t0 = time.perf_counter()
     feats = encode_cache(model, cache, union, p.train.embed_batch_size, dev, normalize=False)
     seconds = time.perf_counter() - t0
+    k = p.train.frozen_augment_views
+    views, view_seconds = None, 0.0
+    if k > 0:
+        t1 = time.perf_counter()
+        views = encode_views(
+            model, cache, ids_by_split["train"], k, p.train.augment, p.train.embed_batch_size, dev
+        )
+        view_seconds = time.perf_counter() - t1
     row = {v: i for i, v in enumerate(union)}
     per_split = {s: feats[[row[i] for i in ids]] for s, ids in ids_by_split.items()}
     manifest = {
@@ -153,6 +219,9 @@ def embed(
         "random_weights": p.data.weights_dir is None,
         "device": str(dev),
         "seconds": round(seconds, 3),
+        "frozen_augment_views": k,
+        "view_seconds": round(view_seconds, 3),
     }
-    write_embeddings(out_dir or paths.embeddings(model_name), ids_by_split, per_split, manifest)
+    out = out_dir or paths.embeddings(model_name)
+    write_embeddings(out, ids_by_split, per_split, manifest, views)
     return manifest

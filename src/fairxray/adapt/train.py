@@ -241,6 +241,7 @@ def _zero_shot_seed(job: _Job, seed: int, log) -> dict:
             job.sensitive,
             job.hp.embed_batch_size,
             dev,
+            rule=job.hp.zero_shot_rule,
         )
     config = {**job.base, "seed": seed, "in_dim": None, "trainable_params": 0}
     save_run(paths.seed_dir(job.model_name, job.method, seed), None, config)

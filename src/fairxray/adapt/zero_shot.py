@@ -1,12 +1,24 @@
-"""Zero-shot classification: class text embeddings from each model's prompt scheme, then
-``softmax(logit_scale * cosine)`` over the classes.
+"""Zero-shot classification: class scores from each model's prompt set and decision rule, then a
+softmax over the classes (rows sum to 1: the 6x200 protocols are single-label).
 
-No upstream model ships NIH ChestX-ray14 prompts (``models.md`` §11) and the paper's prompts are
-unknown (``paper-protocol.md`` §3), so the prompt sets below are this project's documented choice:
-NIH label -> natural-language name (as KAD does: Effusion -> "pleural effusion"), then a model's
-templates (``ModelSpec.prompt_style``). A class embedding is the mean of its L2-normalised prompt
-embeddings, re-normalised (CLIP's prompt ensembling). Rows sum to 1: the 6x200 protocols are
-single-label, so the decision is multiclass.
+Prompts. No upstream model ships NIH ChestX-ray14 prompts and the paper's are unknown, so each
+prompt set below is this project's documented choice, with its source in ``PROMPT_SOURCES``: NIH
+label -> natural-language name (as KAD does: Effusion -> "pleural effusion"), then the model's
+templates (``ModelSpec.prompt_style``).
+
+Rules (``ModelSpec.zero_shot``; ``train.zero_shot_rule: cosine_softmax`` forces the first):
+
+- ``cosine_softmax``: class embedding = mean of the L2-normalised prompt embeddings, re-normalised
+  (CLIP's prompt ensembling); ``softmax(logit_scale * cos)``, the logit scale from the model's
+  weights where it has one (CLIP, BiomedCLIP, MedCLIP), GLoRIA's temperature 10 otherwise.
+- ``medclip_prompt_mean`` (MedCLIP's ``PromptClassifier`` with ensembling): each class's prompts
+  tokenised together and averaged over the padding too; ``logit_scale * cos`` averaged over the
+  class's prompts; softmax.
+- ``gloria_local_global`` (GLoRIA's ``zero_shot_classification``): per prompt, the mean of the
+  global cosine and the local word-region similarity (words attend over the 19 x 19 regions,
+  temperatures 4 and 5); the maximum over the class's prompts; each class's column standardised
+  over the scored images (mean 0, sd 1, as upstream does over its evaluation batch; no labels
+  used); softmax of the standardised scores (upstream stops at the argmax, which is unchanged).
 """
 
 from __future__ import annotations
@@ -58,7 +70,15 @@ PROMPT_SCHEMES: dict[str, tuple[str, ...]] = {
         "{} chest x-ray",
         "chest x-ray showing {}",
     ),
-    # MedCLIP and GLoRIA were trained on radiology report sentences: report-style findings.
+    # GLoRIA drops one-word sentences (upstream process_text), so a bare "{}" would encode as
+    # [CLS] [SEP] for single-word names: report-style sentences of two words or more only.
+    "gloria": (
+        "findings consistent with {}.",
+        "there is {}.",
+        "the chest radiograph shows {}.",
+        "evidence of {}.",
+    ),
+    # MedCLIP was trained on radiology report sentences: report-style findings.
     "report_ensemble": (
         "{}",
         "findings consistent with {}.",
@@ -67,6 +87,30 @@ PROMPT_SCHEMES: dict[str, tuple[str, ...]] = {
         "evidence of {}.",
     ),
 }
+
+
+PROMPT_SOURCES = {
+    "template": "fairxray (toy model: mechanics only)",
+    "clip_ensemble": "fairxray, after CLIP's prompt-ensembling practice (Radford et al. 2021)",
+    "biomedclip": "BiomedCLIP model card template 'this is a photo of {}', plus CXR variants",
+    "gloria": "fairxray report-style sentences; GLoRIA's own CheXpert prompts cover 5 CheXpert "
+    "classes (no pneumothorax), not NIH's 6",
+    "report_ensemble": "fairxray report-style sentences; MedCLIP's own prompt generator "
+    "covers CheXpert/COVID classes, not NIH's 6",
+}
+ZERO_SHOT_RULES = ("cosine_softmax", "medclip_prompt_mean", "gloria_local_global")
+GLORIA_TEMP_ATTENTION = 4.0  # upstream attention_fn temperature over regions
+GLORIA_TEMP_WORDS = 5.0  # upstream local similarity: exp(5 cos), max over words, log
+
+
+def rule_for(spec: ModelSpec, override: str = "model") -> str:
+    """The rule a model is scored with: its own (``ModelSpec.zero_shot``) unless overridden."""
+    if override not in ("model", "cosine_softmax"):
+        raise ValueError(f"zero_shot_rule must be 'model' or 'cosine_softmax', got {override!r}")
+    rule = spec.zero_shot or "cosine_softmax"
+    if rule not in ZERO_SHOT_RULES:
+        raise ValueError(f"{spec.name}: zero_shot {rule!r} not in {ZERO_SHOT_RULES}")
+    return "cosine_softmax" if override == "cosine_softmax" else rule
 
 
 def natural_name(label: str) -> str:
@@ -122,6 +166,81 @@ def zero_shot_probs(
     return probs_from_embeddings(img, text_emb.to(img.device), model.logit_scale())
 
 
+def _medclip_logits(model, emb: np.ndarray, prompts: dict[str, list[str]], classes) -> torch.Tensor:
+    img = F.normalize(torch.as_tensor(emb, dtype=torch.float32), dim=-1)
+    out = []
+    with torch.inference_mode():
+        for c in classes:
+            txt = model.encode_text_padded(prompts[c]).float().cpu()
+            out.append((model.logit_scale() * img @ txt.T).mean(1))
+    return torch.stack(out, 1)
+
+
+def _attend(words: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """GLoRIA's attention: word vectors ``[B, H, W]`` over region vectors ``[B, H, R]``:
+    softmax over words, then (x 4) softmax over regions -> weighted region context ``[B, H, W]``."""
+    attn = torch.softmax(torch.bmm(regions.transpose(1, 2), words), dim=-1)  # [B, R, W]
+    attn = torch.softmax(attn.transpose(1, 2) * GLORIA_TEMP_ATTENTION, dim=-1)  # [B, W, R]
+    return torch.bmm(regions, attn.transpose(1, 2))
+
+
+def gloria_similarities(local: torch.Tensor, glob: torch.Tensor, words, sent, cap_lens):
+    """``(local + global) / 2`` for images x prompts ``[B, P]`` (upstream get_similarities)."""
+    g = F.normalize(glob, dim=-1) @ F.normalize(sent, dim=-1).T
+    regions = local.flatten(2)  # [B, H, R]
+    cols = []
+    for i, n in enumerate(cap_lens):
+        w = words[i, :, 1 : n + 1].unsqueeze(0).expand(len(local), -1, -1)  # [B, H, W]
+        ctx = _attend(w, regions)
+        num = (w * ctx).sum(1)
+        cos = num / (w.norm(dim=1) * ctx.norm(dim=1)).clamp_min(1e-8)
+        cols.append((cos * GLORIA_TEMP_WORDS).exp().max(1).values.log())
+    return (torch.stack(cols, 1) + g) / 2
+
+
+def _gloria_logits(model, cache, ids, prompts, classes, batch_size, dev) -> torch.Tensor:
+    from fairxray.adapt.store import iter_pixels
+
+    model.to(dev).eval()
+    with torch.inference_mode():
+        texts = {c: model.word_embeddings(prompts[c]) for c in classes}
+        rows = []
+        for px in iter_pixels(cache, ids, batch_size, dev):
+            local, glob = model.vision.local_global(model.preprocess(px))
+            rows.append(
+                torch.stack(
+                    [gloria_similarities(local, glob, *texts[c]).max(1).values for c in classes],
+                    1,
+                ).cpu()
+            )
+    scores = torch.cat(rows)
+    if len(scores) > 1:  # upstream: standardise each class over the scored images (numpy sd)
+        scores = (scores - scores.mean(0)) / scores.std(0, correction=0)
+    return scores
+
+
+def class_logits(
+    model: ClipModel,
+    cache: ImageCache,
+    image_ids: Sequence[str],
+    classes: Sequence[str],
+    rule: str,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """``[N, n_classes]`` scores whose softmax are the zero-shot probabilities under ``rule``."""
+    prompts = class_prompts(model.spec, classes)
+    dev = torch.device(device) if device is not None else model.device
+    if rule == "gloria_local_global":
+        return _gloria_logits(model, cache, list(image_ids), prompts, classes, batch_size, dev)
+    emb = encode_cache(model, cache, list(image_ids), batch_size, dev)
+    if rule == "medclip_prompt_mean":
+        return _medclip_logits(model, emb, prompts, classes)
+    text = text_embeddings(model, classes).cpu()
+    img = F.normalize(torch.as_tensor(emb, dtype=torch.float32), dim=-1)
+    return model.logit_scale() * img @ text.float().T
+
+
 def predictions(
     model: ClipModel,
     cache: ImageCache,
@@ -130,12 +249,16 @@ def predictions(
     sensitive: Sequence[str] = ("age_group", "sex"),
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    rule: str = "model",
 ) -> pd.DataFrame:
     """Zero-shot predictions for one split, in the predictions contract (docs/architecture.md):
-    ``image_id, patient_id, label_idx, prob_<Class>..., <sensitive columns>``."""
-    emb = encode_cache(model, cache, split["image_id"].tolist(), batch_size, device)
-    text = text_embeddings(model, classes)
-    probs = probs_from_embeddings(emb, text, model.logit_scale()).cpu().numpy()
+    ``image_id, patient_id, label_idx, prob_<Class>..., <sensitive columns>``. ``rule``: "model"
+    (the model's own, ``ModelSpec.zero_shot``) or "cosine_softmax"."""
+    ids = split["image_id"].tolist()
+    logits = class_logits(
+        model, cache, ids, classes, rule_for(model.spec, rule), batch_size, device
+    )
+    probs = torch.softmax(logits.double(), dim=-1).numpy()
     out = split[["image_id", "patient_id", "label_idx"]].reset_index(drop=True).copy()
     for j, c in enumerate(classes):
         out[f"prob_{c}"] = probs[:, j].astype(np.float64)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer
 from fairxray.models.openclip import CLIP_IMAGE, OpenClipModel
-from fairxray.models.registry import ModelSpec, register
-from fairxray.models.weights import read_state_file, strict_load
+from fairxray.models.registry import LoraSpec, ModelSpec, register
+from fairxray.models.weights import read_state_file, strict_load, weight_path
 
 WEIGHTS = "open_clip_pytorch_model.bin"
 CONTEXT = 256
@@ -46,7 +46,7 @@ def build_biomedclip(spec: ModelSpec, model_cfg: dict, folder: Path | None) -> O
 
     clip = open_clip.CustomTextCLIP(**model_cfg)
     if folder is not None:
-        path = Path(folder) / WEIGHTS
+        path = weight_path(folder, WEIGHTS)
         strict_load(clip, read_state_file(path), source=str(path), drop=is_stale_buffer)
     tok = bert_tokenizer(folder, lower_case=True)  # PubMedBERT is uncased
     context = spec.text_context
@@ -76,6 +76,14 @@ SPEC = register(
         embed_dim=512,
         prompt_style="biomedclip",
         lora_targets=r"trunk\.blocks\.\d+\.attn\.qkv",
+        # The released code cannot run on BiomedCLIP (it looks for OpenAI names); timm's fused
+        # qkv Linear is the same in-projection as CLIP's in_proj_weight: same rank, scale, size.
+        lora=LoraSpec(
+            targets=r"trunk\.blocks\.\d+\.attn\.qkv",
+            rank=16,
+            scale=1.0,
+            source="analogue of the released ViT LoRA: rank 16, scale 1 on the fused qkv",
+        ),
         notes="timm vit_base_patch16_224 (CLS) + PubMedBERT (CLS, MLP proj); ctx 256",
         feature_dim=768,
         text_context=CONTEXT,

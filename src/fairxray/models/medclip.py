@@ -7,7 +7,9 @@ buffers (BERT ``position_ids``) and mapping Swin 4.x names to transformers 5.x.
 
 Text embedding: mean over tokens of hidden layers 1, 2 and 12, then the projection. Upstream
 averages over padding too, which makes an embedding depend on the other prompts padded with it;
-we average over real tokens only = upstream's output for a prompt tokenised on its own.
+``encode_text`` averages over real tokens only (= upstream's output for a prompt tokenised on its
+own); ``encode_text_padded`` reproduces upstream's zero-shot batches (one class's prompts padded
+together), which the default zero-shot rule ``medclip_prompt_mean`` uses.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from torch import nn
 
 from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer, swin_v4_to_v5
 from fairxray.models.base import ClipModel
-from fairxray.models.registry import ImageSpec, ModelSpec, register
-from fairxray.models.weights import read_state_file, strict_load
+from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, register
+from fairxray.models.weights import read_state_file, strict_load, weight_path
 
 WEIGHTS = "pytorch_model.bin"
 MEDCLIP_IMAGE = ImageSpec(
@@ -39,12 +41,19 @@ class MedCLIPTextModel(nn.Module):
         self.model = BertModel(bert_config)  # with pooler, as AutoModel gives upstream
         self.projection_head = nn.Linear(bert_config.hidden_size, 512, bias=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mean_over_padding: bool = False,
+    ) -> torch.Tensor:
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
         )
         hs = out.hidden_states
         layers = torch.stack([hs[1], hs[2], hs[-1]]).mean(0)  # [T, L, H]
+        if mean_over_padding:  # upstream: the mean runs over every position, pads included
+            return self.projection_head(layers.mean(1))
         m = attention_mask.unsqueeze(-1).to(layers.dtype)
         return self.projection_head((layers * m).sum(1) / m.sum(1).clamp_min(1.0))
 
@@ -95,6 +104,15 @@ class MedCLIPModel(ClipModel):
     def text_forward(self, **tokens: torch.Tensor) -> torch.Tensor:
         return self.text(tokens["input_ids"], tokens["attention_mask"])
 
+    def encode_text_padded(self, texts: list[str]) -> torch.Tensor:
+        """Upstream's zero-shot text embeddings (normalised): ``texts`` (one class's prompts)
+        tokenised together, padded to the longest, and averaged over the padding too, so a
+        prompt's embedding depends on the other prompts of its class."""
+        dev = self.device
+        tok = {k: v.to(dev) for k, v in self.tokenize(list(texts)).items()}
+        z = self.text(tok["input_ids"], tok["attention_mask"], mean_over_padding=True)
+        return torch.nn.functional.normalize(z, dim=-1)
+
     def text_modules(self) -> list[nn.Module]:
         return [self.text]
 
@@ -127,7 +145,7 @@ def build_medclip(
 ) -> MedCLIPModel:
     model = MedCLIPModel(spec, vision, bert_config, bert_tokenizer(folder))
     if folder is not None:
-        path = Path(folder) / WEIGHTS
+        path = weight_path(folder, WEIGHTS)
         strict_load(
             model,
             read_state_file(path),
@@ -157,8 +175,25 @@ _COMMON = dict(
     image=MEDCLIP_IMAGE,
     embed_dim=512,
     prompt_style="report_ensemble",
+    zero_shot="medclip_prompt_mean",
     text_context=77,
     random_vocab_note="random build: generated character-level vocabulary, not Bio_ClinicalBERT's",
+)
+# The released code: rank 4 on every bottleneck conv (conv1-3) of layer1-4, B @ A added unscaled
+# (peft conv LoRA: A = Conv2d(in, r, k), B = Conv2d(r, out, 1); 294,144 parameters at rank 4).
+RESNET_LORA = LoraSpec(
+    targets=r"model\.layer[1-4]\.\d+\.conv[123]",
+    rank=4,
+    scale=1.0,
+    source="released code: rank 4 on layer1-4 bottleneck convs, no scaling",
+)
+# Swin keeps q, k and v as separate Linears (no fused in-projection): rank 16 on each, scale 1,
+# the nearest analogue of the released ViT LoRA (which cannot run on MedCLIP as released).
+SWIN_LORA = LoraSpec(
+    targets=r"model\.encoder\.layers\.\d+\.blocks\.\d+\.attention\.(q_proj|k_proj|v_proj)",
+    rank=16,
+    scale=1.0,
+    source="analogue of the released ViT LoRA: rank 16, scale 1 on Swin's q, k, v",
 )
 _VOCAB_NOTE = "vocab.txt from https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT"
 
@@ -179,7 +214,8 @@ SPEC_RESNET = register(
         weight_files=(WEIGHTS, "vocab.txt"),
         source="https://storage.googleapis.com/pytrial/medclip-pretrained.zip (unzip); "
         + _VOCAB_NOTE,
-        lora_targets=r"model\.layer[1-4]\.\d+\.conv[123]",
+        lora_targets=RESNET_LORA.targets,
+        lora=RESNET_LORA,
         notes="torchvision ResNet-50, fc = Linear(2048, 512, no bias); Bio_ClinicalBERT",
         feature_dim=2048,
         **_COMMON,
@@ -192,7 +228,8 @@ SPEC_VIT = register(
         weight_files=(WEIGHTS, "vocab.txt"),
         source="https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip (unzip); "
         + _VOCAB_NOTE,
-        lora_targets=r"model\.encoder\.layers\.\d+\.blocks\.\d+\.attention\.(q_proj|k_proj|v_proj)",
+        lora_targets=SWIN_LORA.targets,
+        lora=SWIN_LORA,
         notes="Swin-T (transformers 5 names; 4.x checkpoint keys mapped) + Linear(768, 512)",
         feature_dim=768,
         **_COMMON,

@@ -15,13 +15,24 @@ import torch
 from torch import nn
 
 from fairxray.models.base import ClipModel
-from fairxray.models.registry import ImageSpec, ModelSpec, register
+from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, register
 from fairxray.models.safe_pickle import jit_state_dict
-from fairxray.models.weights import read_state_file, strict_load
+from fairxray.models.weights import read_state_file, strict_load, weight_path
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_IMAGE = ImageSpec(224, "shortest+center_crop", None, "bicubic", 3, CLIP_MEAN, CLIP_STD, "0-1")
+
+# The released code adds alpha * B @ A (alpha 1, rank 16) to each visual block's fused
+# in_proj_weight and nothing to out_proj: a peft parameter adapter on `in_proj_weight`
+# (12 x 16 x (768 + 2304) = 589,824 parameters on ViT-B).
+CLIP_LORA = LoraSpec(
+    targets=(),
+    rank=16,
+    scale=1.0,
+    parameters=("in_proj_weight",),
+    source="released code: rank 16, alpha 1 on the visual attention in_proj_weight",
+)
 
 # TorchScript-only entries: ints OpenAI's build_model deletes, and the causal mask (a plain
 # attribute in OpenAI's code, a non-persistent buffer in open_clip).
@@ -89,7 +100,7 @@ def build_openai_clip(spec: ModelSpec, model_cfg: dict, folder: Path | None) -> 
 
     clip = open_clip.CLIP(**model_cfg)
     if folder is not None:
-        path = Path(folder) / spec.weight_files[0]
+        path = weight_path(folder, spec.weight_files[0])
         strict_load(
             clip,
             read_openai_state(path),
@@ -130,9 +141,10 @@ def _register(name: str, arch: str, jit_file: str, sha: str, url: str) -> ModelS
             image=CLIP_IMAGE,
             embed_dim=512,
             prompt_style="clip_ensemble",
-            # nn.MultiheadAttention: peft adds LoRA to its in_proj and out_proj (the paper's code
-            # adapts in_proj_weight); targeting out_proj alone breaks (peft#2200).
+            # Fallback targets only (`lora` below is what every lora_config uses): peft on the
+            # nn.MultiheadAttention module adapts in_proj and out_proj (884,736 at rank 16).
             lora_targets=r"transformer\.resblocks\.\d+\.attn",
+            lora=CLIP_LORA,
             notes=f"open_clip {arch}; OpenAI TorchScript archive read without executing it",
             feature_dim=768,
             text_context=77,

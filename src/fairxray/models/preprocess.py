@@ -1,8 +1,11 @@
 """Cached uint8 grayscale pixels -> a model's input tensor, batched and on the pixels' device.
 
 The upstream pipelines resize 8-bit PIL images, so we resize on the 0-255 scale with antialiasing
-(torchvision's PIL-matching tensor path) and round back to integers before scaling; this keeps the
-result within one grey level of PIL. The cache holds square images at the largest size any model
+(torchvision's PIL-matching tensor path), in PIL's two passes with the 8-bit intermediate, and
+round back to integers before scaling. Measured against PIL on identical input (smooth images with
+edges, and uniform noise, 64-300 px to 32-256 px, bilinear and bicubic): at most 2 grey levels
+apart, and more than 1 level apart in at most 0.06 % of values (PIL's fixed-point filter
+coefficients); ``tests/unit/test_models.py`` measures it. The cache holds square images at the largest size any model
 needs, so the resize rules mostly reduce to one resize (plus a crop when ``pre_size`` is set); the
 general rules still hold for non-square input.
 """
@@ -16,9 +19,16 @@ from fairxray.models.spec import ImageSpec
 
 
 def _resize(x: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:
-    if x.shape[-2:] == (h, w):
-        return x
-    return F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
+    """PIL's resample on 8-bit images: a horizontal pass, the intermediate image rounded and
+    clipped to 0-255 (PIL stores it as uint8), then a vertical pass. One 2-D float resize skips
+    that clip, and bicubic overshoot at sharp edges then differs from PIL by up to 18 levels."""
+    if x.shape[-1] != w:
+        x = F.interpolate(x, size=(x.shape[-2], w), mode=mode, align_corners=False, antialias=True)
+        if x.shape[-2] != h:
+            x = x.round_().clamp_(0.0, 255.0)
+    if x.shape[-2] != h:
+        x = F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
+    return x
 
 
 def _shortest(x: torch.Tensor, side: int, mode: str) -> torch.Tensor:

@@ -17,13 +17,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fairxray.errors import UserError
-from fairxray.models.spec import ImageSpec, ModelSpec, WeightsStatus
+from fairxray.models.spec import ImageSpec, LoraSpec, ModelSpec, WeightsStatus
 from fairxray.models.weights import check_files
 
 if TYPE_CHECKING:
     from fairxray.models.base import ClipModel
 
-__all__ = ["ImageSpec", "ModelSpec", "WeightsStatus", "create", "get_spec", "list_models", "register"]
+__all__ = [
+    "ImageSpec",
+    "LoraSpec",
+    "ModelSpec",
+    "WeightsStatus",
+    "create",
+    "get_spec",
+    "list_models",
+    "register",
+]
 
 _REGISTRY: dict[str, ModelSpec] = {}
 

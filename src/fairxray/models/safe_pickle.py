@@ -93,7 +93,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
             raise UserError(f"unsupported persistent id in archive: {pid!r}")
         stype, key = pid[1], str(pid[2])
-        dtype = stype.dtype if isinstance(stype, _StorageType) else torch.uint8
+        if not isinstance(stype, _StorageType):
+            # Reading unknown bytes as some dtype would give silently wrong tensors.
+            name = getattr(stype, "__name__", repr(stype))
+            raise UserError(
+                f"storage type {name!r} is not one the tensors-only reader knows "
+                f"({', '.join(sorted(_DTYPES))})"
+            )
+        dtype = stype.dtype
         if key not in self._storages:
             raw = bytearray(self._zip.read(f"{self._root}/data/{key}"))
             self._storages[key] = (

@@ -44,6 +44,35 @@ class ImageSpec:
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """Where LoRA goes in a family's image tower and how strongly it acts, as the paper's released
+    code ran it (``train.lora_config: model``). The released code added ``scale * B @ A`` with
+    scale 1 (alpha 1 on the ViT attention in-projection at rank 16; no scaling at all on the
+    ResNet convs at rank 4). peft multiplies by ``alpha / rank``, so fairxray passes
+    ``alpha = scale * rank`` to get exactly ``scale``.
+
+    ``targets`` are peft ``target_modules`` (one regex, or name suffixes) relative to
+    ``ClipModel.vision``; ``parameters`` are peft ``target_parameters`` (an ``nn.Parameter`` adapted
+    directly). The fused ``in_proj_weight`` of ``nn.MultiheadAttention`` needs the latter: targeting
+    the module makes peft adapt ``out_proj`` too, which the released code did not.
+    """
+
+    targets: tuple[str, ...] | str  # peft target_modules; () when only `parameters` are adapted
+    rank: int  # the released code's rank for this tower
+    scale: float  # multiplier of B @ A (1.0 in the released code)
+    parameters: tuple[str, ...] = ()  # peft target_parameters, e.g. ("in_proj_weight",)
+    source: str = ""  # why these targets: the released code, or the closest analogue of it
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError("LoraSpec.rank must be at least 1")
+        if self.scale <= 0:
+            raise ValueError("LoraSpec.scale must be positive")
+        if not self.targets and not self.parameters:
+            raise ValueError("LoraSpec needs targets or parameters")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str  # registry key, e.g. "medclip-vit"
     family: str  # loader family, e.g. "openclip_openai", "medclip", "toy"
@@ -57,11 +86,20 @@ class ModelSpec:
     image: ImageSpec
     embed_dim: int  # joint image-text space
     prompt_style: str  # a key of fairxray.adapt.zero_shot.PROMPT_SETS
-    lora_targets: tuple[str, ...] | str  # peft target_modules, relative to ClipModel.vision
+    # peft target_modules relative to ClipModel.vision, used when `lora` is None (a family that
+    # declares no paper LoRA settings: only `train.lora_config: train` is then available).
+    lora_targets: tuple[str, ...] | str
     notes: str = ""
     feature_dim: int | None = None  # pre-projection image feature size (None = not exposed)
     text_context: int = 77  # tokens per prompt
     random_vocab_note: str = ""  # how the random build's tokenizer differs from the real one
+    # The paper's LoRA for this family (targets, rank, scale); its targets are also used by the
+    # `train` and `equal_budget` modes of `train.lora_config`, so every mode adapts the same
+    # modules. None: `lora_targets` only, no paper settings.
+    lora: LoraSpec | None = None
+    # Zero-shot: the prompt set's source and the rule that turns similarities into class scores
+    # (a key of fairxray.adapt.zero_shot.ZERO_SHOT_RULES; "" = the default softmax over cosines).
+    zero_shot: str = ""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fairxray.models.base import ClipModel
-from fairxray.models.registry import ImageSpec, ModelSpec, register
+from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, register
 from fairxray.models.weights import read_state_file, strict_load
 
 SEED = 1234
@@ -148,6 +148,7 @@ SPEC = register(
         embed_dim=EMBED,
         prompt_style="template",
         lora_targets=("conv1", "conv2", "proj"),
+        lora=LoraSpec(("conv1", "conv2", "proj"), rank=4, scale=1.0, source="toy: every layer"),
         notes="tiny random CLIP-like encoders for tests and the demo; not a real model",
         feature_dim=FEATURES,
         text_context=CONTEXT,

@@ -32,6 +32,7 @@ from fairxray.metrics.bootstrap import is_gap_key
 from fairxray.metrics.evaluate import labelled
 from fairxray.report import summary as headline
 from fairxray.report.cells import UTILITY, gap_table, how_to_read, paired_table, read_cells
+from fairxray.report.deviations import DEVIATIONS
 
 DEMO_LABEL = "synthetic-image, demo-model results"
 
@@ -62,91 +63,6 @@ PUBLISHED = (
     ),
 )
 
-# Every choice that differs from the authors' released code (github.com/mu9enn/fair_analysis_med_clip,
-# commit f130500; paper-protocol.md §3-4), and why.
-DEVIATIONS = (
-    (
-        "Class order",
-        "Every per-class quantity uses data.classes (the training label order). The released "
-        "calculate_metrics.py hard-codes another disease order, so its per-disease F1 columns are "
-        "mislabelled and its ECE gap compares probabilities with the wrong one-hot columns (defect 5).",
-    ),
-    (
-        "Calibration on probabilities",
-        "ECE_delta (paper variant) is computed on softmax probabilities; the released code fed raw "
-        "logits (defect 6), which makes |p - y| meaningless. A binned top-label ECE with fixed "
-        "equal-width bins on [0, 1] is reported beside it (ece_gap/<attr>/binned).",
-    ),
-    (
-        "Age groups",
-        "Groups come from the age_group column (left-closed bins from data.age_bins). The released "
-        "equalized-odds code used age ranges [0, 60] and [60, 150] with <= on both ends, so 60-year-olds "
-        "counted in both groups.",
-    ),
-    (
-        "Undefined rates are NaN, not 0",
-        "Where a group has no image of a class (TPR undefined) or only that class (FPR undefined), or "
-        "is smaller than metrics.min_group_size, the value is NaN with a warning; the released code "
-        "wrote 0 for such rates, silently shrinking EqOdds.",
-    ),
-    (
-        "Per-disease F1 of an absent class",
-        "f1/<Class> is NaN for a class absent from the test set; the released code used "
-        "zero_division=1. Identical whenever every class is present (always, on NIH 6x200). The paper "
-        "variant of F1_delta keeps zero_division=1 exactly.",
-    ),
-    (
-        "Additional variants",
-        "Beside the paper's signed F1_delta, mean-of-(|dTPR|+|dFPR|)/2 EqOdds and un-binned ECE_delta "
-        "(two groups only), the report gives the max-min macro-F1 gap (fairlearn MetricFrame), "
-        "fairlearn's worst-case equalized-odds difference per class (max and mean over classes) and "
-        "the binned ECE gap, all defined for any number of groups and for age x sex intersections.",
-    ),
-    (
-        "Uncertainty",
-        "Every metric carries a percentile bootstrap interval that resamples patients (not images), "
-        "and runs are repeated over params.seeds; the paper reports single numbers. Max-min gaps are "
-        "non-negative and biased upwards under resampling, so their percentile interval can exclude a "
-        "small point estimate; the signed paper F1_delta does not have this problem.",
-    ),
-    (
-        "Split protocol",
-        "The paper's nih6x200 sampling (with replacement where a cell is short) is reproduced exactly "
-        "as `nih6x200-paper` and its leakage measured in the split manifest (29 repeated image ids; 9 "
-        "images and 23 patients in both train and test, defect 7). `nih6x200-clean` is the same "
-        "design with each patient used once; data.protocol says which one these runs used.",
-    ),
-    (
-        "LoRA trains",
-        "LoRA is peft on each model's declared targets (attention for transformers, convs for "
-        "ResNets), tested to receive gradients and change. The released ViT LoRA wrote its update "
-        "into in_proj_weight.data, outside autograd, so it never trained (defect 1), and it only "
-        "found OpenAI-CLIP module names (defect 2).",
-    ),
-    (
-        "Frozen backbones stay frozen",
-        "Linear probe and MLP train heads on embeddings computed once with the backbone in eval mode; "
-        "LoRA keeps the backbone's BatchNorm in eval mode. The released code left BatchNorm in train "
-        "mode, so its statistics drifted in LP/MLP/LoRA (defect 3).",
-    ),
-    (
-        "Shuffled training",
-        "Each epoch visits the training set in a seeded random order; the released loader was not "
-        "shuffled over a CSV ordered cell by cell (defect 4).",
-    ),
-    (
-        "Zero-shot prompts",
-        "The paper's zero-shot prompts and decision rule are unknown (the released implementation is "
-        "commented out). Each model uses a documented prompt ensemble (fairxray.adapt.zero_shot) over "
-        "natural-language disease names; probabilities are softmax(logit_scale x cosine).",
-    ),
-    (
-        "Images decoded once",
-        "Images are decoded once into a uint8 cache (grayscale, area-downsampled) and each model's "
-        "own preprocessing and the paper's augmentation (flips, rotation, jitter) run as tensor "
-        "operations; the released code decoded and augmented PNGs with PIL every epoch.",
-    ),
-)
 
 
 @dataclass

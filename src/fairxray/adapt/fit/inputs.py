@@ -19,6 +19,8 @@ class SplitInputs:
     labels: np.ndarray  # int64 [N], class indices
     features: np.ndarray | None = None  # float32 [N, D] (linear_probe, mlp)
     pixels: np.ndarray | None = None  # uint8 [N, S, S] (lora, full_ft)
+    # float32 [K, N, D]: K cached augmented views per row (train split, train.frozen_augment_views)
+    feature_views: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -50,14 +52,16 @@ def load_fit_data(
 ) -> FitData:
     """Split frames -> :class:`FitData`: embeddings from ``embeddings_dir`` (frozen methods) or
     pixels from ``cache`` (image methods), row for row, repeats expanded."""
-    from fairxray.adapt.store import read_embeddings
+    from fairxray.adapt.store import read_embeddings, read_views
 
     out = {}
     for split, frame in frames.items():
         y = split_labels(frame, n_classes, f"{split} split")
         ids = frame["image_id"].astype(str).tolist()
         if inputs == "embeddings":
-            out[split] = SplitInputs(y, features=read_embeddings(embeddings_dir, split, ids))
+            views = read_views(embeddings_dir, ids) if split == "train" else None
+            feats = read_embeddings(embeddings_dir, split, ids)
+            out[split] = SplitInputs(y, features=feats, feature_views=views)
         else:
             out[split] = SplitInputs(y, pixels=cache.get(ids))
     return FitData(n_classes, out["train"], out["val"], out.get("test"))

@@ -209,6 +209,7 @@ class _Run:
     has_lora: bool
     fingerprint: str = ""
     forward: Callable | None = None  # torch.compile'd module (training only), else None
+    x_views: torch.Tensor | None = None  # [K, N, D] cached augmented train views (frozen methods)
 
 
 def _setup(meth, data: FitData, hp, seed, model, device, fingerprinted: bool) -> _Run:
@@ -256,7 +257,17 @@ def _setup(meth, data: FitData, hp, seed, model, device, fingerprinted: bool) ->
         n_classes=data.n_classes,
         has_lora=bool(lora_parameters(module)),
         fingerprint=fp,
+        x_views=_train_views(data, meth.inputs, device),
     )
+
+
+def _train_views(data: FitData, inputs: str, device: torch.device) -> torch.Tensor | None:
+    views = data.train.feature_views
+    if inputs != "embeddings" or views is None or len(views) == 0:
+        return None
+    if views.shape[1:] != data.train.features.shape:
+        raise ValueError("train feature_views must be [K, N, D] matching the train features")
+    return torch.from_numpy(np.array(views, dtype=np.float32)).to(device)
 
 
 def _train_epoch(r: _Run, epoch: int) -> tuple[float, int, float]:
@@ -269,13 +280,20 @@ def _train_epoch(r: _Run, epoch: int) -> tuple[float, int, float]:
     # waits on a host-to-device copy.
     chunks = batches(epoch_order(r.y_train, r.n_classes, hp.class_balanced, r.gen), hp.batch_size)
     order_dev = to_device(torch.cat(chunks), device)
-    draws_dev = None
+    draws_dev = view_dev = None
     if r.meth.inputs == "images":
         draws_dev = to_device(augment_draws(len(order_dev), r.gen), device)
+    if r.x_views is not None:  # one cached augmented view per image this epoch
+        view_dev = to_device(
+            torch.randint(len(r.x_views), (len(order_dev),), generator=r.gen), device
+        )
     pos = 0
     for idx in chunks:
         idx_dev = order_dev[pos : pos + len(idx)]
-        xb = r.x_train[idx_dev]
+        if view_dev is None:
+            xb = r.x_train[idx_dev]
+        else:
+            xb = r.x_views[view_dev[pos : pos + len(idx)], idx_dev]
         if draws_dev is not None:
             xb = augment(xb, hp.augment, draws=draws_dev[pos : pos + len(idx)])
         pos += len(idx)

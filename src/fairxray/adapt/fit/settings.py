@@ -6,12 +6,14 @@ from __future__ import annotations
 import torch
 
 from fairxray.adapt import heads
+from fairxray.adapt.lora import LORA_CONFIGS
 from fairxray.config import TrainParams
 from fairxray.errors import UserError
 
 SCHEDULERS = ("cosine", "cosine_warm_restarts")
 SELECTIONS = ("macro_f1", "accuracy", "neg_loss")
 DEVICES = ("auto", "cpu", "cuda")
+ZERO_SHOT_OVERRIDES = ("model", "cosine_softmax")  # see fairxray.adapt.zero_shot
 
 
 
@@ -29,6 +31,10 @@ def check_train_params(hp: TrainParams, src: str = "train") -> None:
         (hp.head_hidden >= 1, "head_hidden", "must be at least 1"),
         (hp.lora_rank >= 1, "lora_rank", "must be at least 1"),
         (0 <= hp.lora_dropout < 1, "lora_dropout", "must lie in [0, 1)"),
+        (hp.lora_config in LORA_CONFIGS, "lora_config", f"must be one of {LORA_CONFIGS}"),
+        (hp.lora_budget >= 1, "lora_budget", "must be at least 1"),
+        (hp.frozen_augment_views >= 0, "frozen_augment_views", "must be non-negative"),
+        (hp.zero_shot_rule in ZERO_SHOT_OVERRIDES, "zero_shot_rule", f"must be one of {ZERO_SHOT_OVERRIDES}"),
         (hp.patience >= 0, "patience", "must be non-negative"),
         (0 <= hp.augment.flip_p <= 1, "augment.flip_p", "must lie in [0, 1]"),
         (0 <= hp.augment.rotation_deg <= 180, "augment.rotation_deg", "must lie in [0, 180]"),
