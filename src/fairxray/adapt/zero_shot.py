@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from fairxray.adapt.store import encode_cache
 from fairxray.data.cache import ImageCache
+from fairxray.errors import UserError
 from fairxray.models.base import ClipModel
 from fairxray.models.registry import ModelSpec
 
@@ -58,6 +59,10 @@ PROMPT_SCHEMES: dict[str, tuple[str, ...]] = {
         "{} chest x-ray",
         "chest x-ray showing {}",
     ),
+    # Image-only models (ModelSpec.zero_shot False): no text tower, no prompts.
+    "none": (),
+    # CheXzero: its positive template is the bare finding name ("{}" vs "no {}" upstream).
+    "chexzero": ("{}",),
     # MedCLIP and GLoRIA were trained on radiology report sentences: report-style findings.
     "report_ensemble": (
         "{}",
@@ -69,12 +74,22 @@ PROMPT_SCHEMES: dict[str, tuple[str, ...]] = {
 }
 
 
+def require_text_tower(spec: ModelSpec) -> None:
+    """Image-only models (``spec.zero_shot`` False, e.g. RAD-DINO) have no zero-shot method."""
+    if not spec.zero_shot:
+        raise UserError(
+            f"model '{spec.name}' is image-only (no text tower): the zero_shot method is not "
+            "available for it; remove zero_shot from `methods` or the model from `models`"
+        )
+
+
 def natural_name(label: str) -> str:
     return NATURAL_NAMES.get(label, label.replace("_", " ").lower())
 
 
 def class_prompts(spec: ModelSpec, classes: Sequence[str]) -> dict[str, list[str]]:
     """Class -> the prompts whose embeddings are averaged for it, per ``spec.prompt_style``."""
+    require_text_tower(spec)
     try:
         templates = PROMPT_SCHEMES[spec.prompt_style]
     except KeyError:

@@ -1,4 +1,4 @@
-"""OpenAI CLIP ViT-B/16 and ViT-B/32 through open_clip (OpenAI key layout, QuickGELU).
+"""OpenAI CLIP ViT-B/16, ViT-B/32, RN50 and RN50x4 through open_clip (OpenAI key layout, QuickGELU).
 
 Built offline from open_clip's shipped ``-quickgelu`` configs (the plain configs use nn.GELU and
 silently mismatch OpenAI weights). Real weights: OpenAI's TorchScript archive (``ViT-B-32.pt``,
@@ -8,6 +8,7 @@ sha256 = the URL path segment), read tensor-by-tensor with :mod:`safe_pickle`; p
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from pathlib import Path
 
@@ -112,7 +113,22 @@ def _config(name: str) -> dict:
 ARCHS: dict[str, str] = {}  # registry name -> open_clip config it is built from
 
 
-def _register(name: str, arch: str, jit_file: str, sha: str, url: str) -> ModelSpec:
+# LoRA on the modified ResNets: the bottleneck convolutions of layers 1-4 (the paper's code
+# adapts ResNet convs, rank 4) and the attention pool's q/k/v/c projections (plain Linears).
+RESNET_LORA = r"layer[1-4]\.\d+\.conv[123]|attnpool\.(q_proj|k_proj|v_proj|c_proj)"
+
+
+def _register(
+    name: str,
+    arch: str,
+    jit_file: str,
+    sha: str,
+    url: str,
+    image: ImageSpec = CLIP_IMAGE,
+    embed_dim: int = 512,
+    lora_targets: str = r"transformer\.resblocks\.\d+\.attn",
+    feature_dim: int | None = 768,
+) -> ModelSpec:
     ARCHS[name] = arch
 
     def build(folder: Path | None) -> OpenClipModel:
@@ -127,14 +143,14 @@ def _register(name: str, arch: str, jit_file: str, sha: str, url: str) -> ModelS
             sha256={jit_file: sha},
             source=url,
             license="MIT (openai/CLIP code and weights)",
-            image=CLIP_IMAGE,
-            embed_dim=512,
+            image=image,
+            embed_dim=embed_dim,
             prompt_style="clip_ensemble",
-            # nn.MultiheadAttention: peft adds LoRA to its in_proj and out_proj (the paper's code
-            # adapts in_proj_weight); targeting out_proj alone breaks (peft#2200).
-            lora_targets=r"transformer\.resblocks\.\d+\.attn",
+            # ViTs, nn.MultiheadAttention: peft adds LoRA to its in_proj and out_proj (the paper's
+            # code adapts in_proj_weight); targeting out_proj alone breaks (peft#2200).
+            lora_targets=lora_targets,
             notes=f"open_clip {arch}; OpenAI TorchScript archive read without executing it",
-            feature_dim=768,
+            feature_dim=feature_dim,
             text_context=77,
         )
     )
@@ -157,4 +173,28 @@ _register(
     "ViT-B-16.pt",
     _SHA_B16,
     f"{_OPENAI}/{_SHA_B16}/ViT-B-16.pt",
+)
+_SHA_RN50 = "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762"
+_SHA_RN50X4 = "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd"
+# The modified ResNets end in an attention pool that outputs the joint embedding directly.
+_register(
+    "clip-rn50",
+    "RN50-quickgelu",
+    "RN50.pt",
+    _SHA_RN50,
+    f"{_OPENAI}/{_SHA_RN50}/RN50.pt",
+    embed_dim=1024,
+    lora_targets=RESNET_LORA,
+    feature_dim=None,
+)
+_register(
+    "clip-rn50x4",
+    "RN50x4-quickgelu",
+    "RN50x4.pt",
+    _SHA_RN50X4,
+    f"{_OPENAI}/{_SHA_RN50X4}/RN50x4.pt",
+    image=dataclasses.replace(CLIP_IMAGE, size=288),  # RN50x4 is trained at 288 px
+    embed_dim=640,
+    lora_targets=RESNET_LORA,
+    feature_dim=None,
 )

@@ -18,6 +18,13 @@ from fairxray.models.spec import ImageSpec
 def _resize(x: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:
     if x.shape[-2:] == (h, w):
         return x
+    if mode == "bicubic" and (h > x.shape[-2] or w > x.shape[-1]):
+        # Upsampling: PIL resizes an 8-bit image in two passes (width, then height) and stores
+        # the intermediate as 8-bit, so bicubic overshoot at edges is clamped in between. Do the
+        # same; downsampling (every model on a larger cache) is unchanged.
+        x = F.interpolate(x, size=(x.shape[-2], w), mode=mode, align_corners=False, antialias=True)
+        x = x.round_().clamp_(0.0, 255.0)
+        return F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
     return F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
 
 

@@ -62,6 +62,7 @@ class ModelSpec:
     feature_dim: int | None = None  # pre-projection image feature size (None = not exposed)
     text_context: int = 77  # tokens per prompt
     random_vocab_note: str = ""  # how the random build's tokenizer differs from the real one
+    zero_shot: bool = True  # False: image-only (no text tower), the zero_shot method refuses it
 
 
 @dataclass(frozen=True)
