@@ -57,7 +57,10 @@ def clip_bpe_dir() -> Path:
 
     tok = SimpleTokenizer()
     folder = Path(tempfile.mkdtemp(prefix="fairxray-clip-bpe-"))
-    (folder / "vocab.json").write_text(json.dumps(tok.encoder))
+    # open_clip names the two special tokens differently; ids 49406/49407 are the same.
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {names.get(k, k): v for k, v in tok.encoder.items()}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
     merges = sorted(tok.bpe_ranks, key=tok.bpe_ranks.get)
     (folder / "merges.txt").write_text(
         "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
@@ -70,7 +73,7 @@ def hf_clip_tokenizer(folder: Path | None, context: int):
     from transformers import CLIPTokenizer
 
     src = folder if folder is not None else clip_bpe_dir()
-    tok = CLIPTokenizer(vocab_file=str(src / "vocab.json"), merges_file=str(src / "merges.txt"))
+    tok = CLIPTokenizer.from_pretrained(str(src), local_files_only=True)
 
     def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
         enc = tok(

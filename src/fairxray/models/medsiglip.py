@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from fairxray.models._bert import SPECIALS, generated_vocab
+from fairxray.errors import UserError
+from fairxray.models._bert import generated_vocab
 from fairxray.models._hf import strict_from_pretrained
 from fairxray.models.pubmedclip import HF_FILES, HFDualModel
 from fairxray.models.registry import ImageSpec, ModelSpec, register
@@ -49,15 +50,18 @@ def default_config():
 
 
 def siglip_tokenizer(folder: Path | None, context: int):
-    """``tokenizer.json`` of the folder, padded to ``context``; None -> generated vocabulary."""
+    """The folder's ``tokenizer.json`` (+ its special-token files), padded to ``context``;
+    ``folder=None`` -> the generated vocabulary (random builds)."""
     from transformers import BertTokenizer, PreTrainedTokenizerFast
 
     if folder is None:
         tok = BertTokenizer(vocab=generated_vocab(), do_lower_case=True)
     else:
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token or SPECIALS[0]
+        tok = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+        if tok.pad_token is None:  # SigLIP pads with its end-of-sequence token
+            if tok.eos_token is None:
+                raise UserError(f"{folder}/tokenizer.json: defines neither a pad nor an eos token")
+            tok.pad_token = tok.eos_token
 
     def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
         # SigLIP's text tower pools the last position and takes no mask: pad to the full length.

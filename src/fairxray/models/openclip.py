@@ -114,8 +114,9 @@ ARCHS: dict[str, str] = {}  # registry name -> open_clip config it is built from
 
 
 # LoRA on the modified ResNets: the bottleneck convolutions of layers 1-4 (the paper's code
-# adapts ResNet convs, rank 4) and the attention pool's q/k/v/c projections (plain Linears).
-RESNET_LORA = r"layer[1-4]\.\d+\.conv[123]|attnpool\.(q_proj|k_proj|v_proj|c_proj)"
+# adapts ResNet convs, rank 4). Not the attention pool: it passes its q/k/v/c weights to
+# F.multi_head_attention_forward directly, so LoRA wrappers there would get no gradient.
+RESNET_LORA = r"layer[1-4]\.\d+\.conv[123]"
 
 
 def _register(

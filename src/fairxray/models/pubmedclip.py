@@ -44,6 +44,8 @@ class HFDualModel(ClipModel):
         if getattr(hf, "text_projection", None) is not None:
             self.text.text_projection = hf.text_projection
         self.text.logit_scale = hf.logit_scale
+        if getattr(hf, "logit_bias", None) is not None:  # SigLIP; cancels in a softmax
+            self.text.logit_bias = hf.logit_bias
         self._tokenizer = tokenizer
         self._hf_class = type(hf)
 
