@@ -321,5 +321,10 @@ def _validate(p: Params, src: str) -> None:
         raise ConfigError(
             f"{src}: the paper profile needs 'data.images_dir' and 'data.weights_dir' set"
         )
+    for name, ds in (("chexpert", d.chexpert), ("mimic", d.mimic)):
+        if ds is not None and ds.uncertain not in ("ones", "zeros", "ignore"):
+            raise ConfigError(
+                f"{src}: 'data.{name}.uncertain' must be ones, zeros or ignore, got {ds.uncertain!r}"
+            )
     if not 0 < p.metrics.ci_level < 1:
         raise ConfigError(f"{src}: 'metrics.ci_level' must lie in (0, 1)")

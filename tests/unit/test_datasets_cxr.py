@@ -520,3 +520,23 @@ def test_race_small_group_gives_nan_and_warning_in_metrics():
         ev.by_group.query("metric == 'macro_f1' and group == 'White'")["value"].iloc[0]
     )
     assert any("Other" in w for w in ev.warnings)
+
+
+def test_params_validate_the_dataset_sections():
+    import yaml
+
+    from fairxray.config import ConfigError, parse_params
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = parse_params(raw)
+    assert p.data.chexpert.uncertain == "ones" and p.data.race.other == "Other"
+    assert p.data.race.groups["White"] == ("white",)
+    raw["data"]["mimic"]["uncertain"] = "maybe"
+    with pytest.raises(ConfigError, match="'data.mimic.uncertain' must be ones, zeros or ignore"):
+        parse_params(raw)
+    raw["data"]["mimic"]["uncertain"] = "ones"
+    raw["data"]["chexpert"]["typo"] = 1
+    with pytest.raises(ConfigError, match="unknown key 'data.chexpert.typo'"):
+        parse_params(raw)
+    del raw["data"]["chexpert"]  # optional sections: a params file without them still loads
+    assert parse_params(raw).data.chexpert is None
