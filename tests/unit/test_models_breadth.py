@@ -127,6 +127,18 @@ def test_clip_rn50_torchscript_round_trip(tmp_path):
     )
 
 
+@pytest.mark.parametrize("name", ["chexzero", "clip-rn50", "clip-rn50x4"])
+def test_openai_specs_agree_with_open_clip_configs(name):
+    import open_clip
+
+    from fairxray.models.openclip import ARCHS
+
+    cfg = open_clip.get_model_config(ARCHS[name])
+    spec = get_spec(name)
+    assert ARCHS[name].endswith("-quickgelu") and cfg["quick_gelu"]
+    assert spec.embed_dim == cfg["embed_dim"] and spec.image.size == cfg["vision_cfg"]["image_size"]
+
+
 def test_chexzero_preprocessing_is_pad_and_0_255_normalisation():
     from fairxray.models.preprocess import preprocess_pixels
 
