@@ -540,3 +540,62 @@ def test_params_validate_the_dataset_sections():
         parse_params(raw)
     del raw["data"]["chexpert"]  # optional sections: a params file without them still loads
     assert parse_params(raw).data.chexpert is None
+
+
+def test_remaining_mimic_consistency_errors(tmp_path, mx):
+    root, iv = mx
+    p = mimic_params(root, iv)
+    lab = root / f"{mimic.LABEL_FILE}.gz"
+    original = lab.read_bytes()
+    _edit_gz(lab, 0, "subject_id", "10001111")  # study 50000000 now claims another subject
+    with pytest.raises(UserError, match="study 50000000 belongs to another subject"):
+        mimic.read(p)
+    lab.write_bytes(original)
+    split = root / f"{mimic.SPLIT_FILE}.gz"
+    df = pd.read_csv(split, dtype=str, keep_default_na=False)
+    extra = df.iloc[[0]].assign(dicom_id="ffff-extra")
+    with gzip.open(split, "wt") as fh:
+        pd.concat([df, extra]).to_csv(fh, index=False)
+    with pytest.raises(UserError, match=r"1 image\(s\) not in the metadata, e.g. \['ffff-extra'\]"):
+        mimic.read(p)
+    with gzip.open(split, "wt") as fh:
+        df.to_csv(fh, index=False)
+    only_lateral = mimic_params(root, iv, views=("LATERAL",))
+    meta = mimic.read(only_lateral).frame
+    assert set(meta["view"]) == {"LATERAL"}
+    with pytest.raises(UserError, match="no usable images in split"):
+        mimic.make_splits(only_lateral, "mimic-official", meta.iloc[:0])
+
+
+def test_table_level_errors(tmp_path):
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(UserError, match="not a readable CSV"):
+        tables.read_table(bad, "x", ["a"])
+    header = tmp_path / "header.csv"
+    header.write_text("a,b\n")
+    with pytest.raises(UserError, match="no data rows"):
+        tables.read_table(header, "x", ["a"])
+    with pytest.raises(UserError, match="data.race: not set"):
+        tables.race_group(pd.Series(["White"]), None)
+    two = pd.DataFrame({"patient_id": ["a", "a", "b"]})
+    with pytest.raises(UserError, match="too few"):
+        tables.patient_split(two, 0.3, 0.3, 0)
+    with pytest.raises(UserError, match="sum to less than 1"):
+        tables.patient_split(two, 0.6, 0.6, 0)
+    with pytest.raises(UserError, match="too few to hold out"):
+        tables.carve(pd.DataFrame({"patient_id": ["a"]}), 0.5, 0)
+
+
+def test_patient_split_is_seeded_sorted_and_sized():
+    df = pd.DataFrame({"patient_id": [f"p{i:03d}" for i in range(100) for _ in range(2)]})
+    a = tables.patient_split(df, 0.1, 0.2, 7)
+    b = tables.patient_split(df.iloc[::-1].reset_index(drop=True), 0.1, 0.2, 7)
+    assert {k: v["patient_id"].nunique() for k, v in a.items()} == {
+        "train": 70,
+        "val": 10,
+        "test": 20,
+    }
+    for k in a:  # file order does not matter
+        assert set(a[k]["patient_id"]) == set(b[k]["patient_id"])
+    assert not set(a["train"]["patient_id"]) & set(a["test"]["patient_id"])
