@@ -77,6 +77,8 @@ def test_models_json_lists_every_model(capsys):
     rows = json.loads(capsys.readouterr().out)
     names = [r["name"] for r in (rows if isinstance(rows, list) else rows["models"])]
     assert len(names) >= 12 and set(NEW) <= set(names)
+    by_name = {r["name"]: r for r in (rows if isinstance(rows, list) else rows["models"])}
+    assert by_name["rad-dino"]["zero_shot"] is False and by_name["chexzero"]["zero_shot"] is True
 
 
 # -- CheXzero and OpenAI RN50: open_clip CLIP, OpenAI formats ------------------------------------

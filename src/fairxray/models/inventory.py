@@ -29,6 +29,7 @@ def inventory(weights_dir: str | None) -> list[dict]:
                 "image_size": s.image.size,
                 "in_channels": s.image.in_channels,
                 "prompt_style": s.prompt_style,
+                "zero_shot": s.zero_shot,  # False: image-only, no zero_shot method
                 "lora_targets": s.lora_targets
                 if isinstance(s.lora_targets, str)
                 else list(s.lora_targets),
