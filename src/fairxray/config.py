@@ -16,14 +16,7 @@ from typing import Any
 
 import yaml
 
-PAPER_CLASSES = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Effusion",
-    "Pneumothorax",
-)
+PAPER_CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumothorax")
 
 
 class ConfigError(ValueError):
@@ -175,9 +168,7 @@ class TuneParams:
     objective: str  # maximised on validation: "macro_f1" | "accuracy" | "neg_loss"
     multi_objective: bool  # also minimise ``fairness_key`` on validation; keeps the Pareto front
     fairness_key: str  # an evaluate metric key computed on val, e.g. f1_gap/age_group/standard
-    max_cost: (
-        float  # multi-objective: fairest Pareto trial at most this far below the best objective
-    )
+    max_cost: float  # multi-objective: fairest Pareto trial at most this far below the best objective
     storage: str | None  # None = sqlite:///studies/optuna.db; postgresql://... shares studies
     space: dict[str, dict[str, dict[str, Any]]]
 

@@ -23,15 +23,7 @@ from fairxray.models.weights import check_files
 if TYPE_CHECKING:
     from fairxray.models.base import ClipModel
 
-__all__ = [
-    "ImageSpec",
-    "ModelSpec",
-    "WeightsStatus",
-    "create",
-    "get_spec",
-    "list_models",
-    "register",
-]
+__all__ = ["ImageSpec", "ModelSpec", "WeightsStatus", "create", "get_spec", "list_models", "register"]
 
 _REGISTRY: dict[str, ModelSpec] = {}
 

@@ -14,6 +14,7 @@ SELECTIONS = ("macro_f1", "accuracy", "neg_loss")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+
 def check_train_params(hp: TrainParams, src: str = "train") -> None:
     """Raise a one-line :class:`UserError` naming the key for values ``fit`` cannot use."""
     checks = [
