@@ -35,6 +35,40 @@ class SyntheticParams:
 
 
 @dataclass(frozen=True)
+class RaceParams:
+    """Race as a sensitive attribute. A raw value (CheXpert ``PRIMARY_RACE``, MIMIC-IV
+    ``admissions.race``) belongs to the first group one of whose prefixes it starts with
+    (case-insensitive); a value starting with an ``unknown`` prefix is ``Unknown``; anything else
+    is ``other``. Small groups are not merged here: metrics give NaN below min_group_size."""
+
+    groups: dict[str, tuple[str, ...]]  # group label -> raw-value prefixes
+    unknown: tuple[str, ...]  # prefixes of "not recorded" values (unknown, declined, ...)
+    other: str  # label of every other value
+
+
+@dataclass(frozen=True)
+class CheXpertParams:
+    """CheXpert: ``train.csv`` + ``valid.csv`` (v1.0 or v1.0-small), optional CHEXPERT DEMO."""
+
+    root: str | None  # folder holding train.csv and valid.csv; None = protocol unusable
+    demo_table: str | None  # CHEXPERT DEMO as CSV (race, ethnicity); None = no race columns
+    uncertain: str  # the -1 labels: "ones" (U-ones), "zeros" (U-zeros), "ignore" (NaN, masked)
+    frontal_only: bool  # keep Frontal images only (laterals are dropped and counted)
+    val_fraction: float  # chexpert-patient: share of patients in val
+    test_fraction: float  # chexpert-patient: share of patients in test
+
+
+@dataclass(frozen=True)
+class MimicParams:
+    """MIMIC-CXR-JPG 2.0.0 tables joined with MIMIC-IV ``patients`` and ``admissions``."""
+
+    root: str | None  # folder with mimic-cxr-2.0.0-{metadata,chexpert,split}.csv(.gz)
+    mimic_iv_dir: str | None  # MIMIC-IV hosp/ folder with patients.csv(.gz), admissions.csv(.gz)
+    uncertain: str  # "ones" | "zeros" | "ignore", as for CheXpert
+    views: tuple[str, ...]  # ViewPosition values kept, e.g. [PA, AP]
+
+
+@dataclass(frozen=True)
 class DataParams:
     metadata: str | None  # NIH Data_Entry_2017_v2020.csv(.gz); None = torchxrayvision's copy
     images_dir: str | None  # NIH PNG folder; None = synthetic demo images
@@ -49,6 +83,9 @@ class DataParams:
     n_test: int  # per cell
     seed: int  # sampling and split seed (the paper: 42)
     official_val_fraction: float  # nih-official: share of train_val patients held out for val
+    race: RaceParams | None = None  # CheXpert / MIMIC: raw race strings -> analysed groups
+    chexpert: CheXpertParams | None = None  # protocols chexpert-*
+    mimic: MimicParams | None = None  # protocol mimic-official
 
 
 @dataclass(frozen=True)
@@ -291,6 +328,11 @@ def _validate(p: Params, src: str) -> None:
         raise ConfigError(
             f"{src}: the paper profile needs 'data.images_dir' and 'data.weights_dir' set"
         )
+    for name, ds in (("chexpert", d.chexpert), ("mimic", d.mimic)):
+        if ds is not None and ds.uncertain not in ("ones", "zeros", "ignore"):
+            raise ConfigError(
+                f"{src}: 'data.{name}.uncertain' must be ones, zeros or ignore, got {ds.uncertain!r}"
+            )
     if not 0 < p.metrics.ci_level < 1:
         raise ConfigError(f"{src}: 'metrics.ci_level' must lie in (0, 1)")
     if p.metrics.correction not in ("holm", "bh"):

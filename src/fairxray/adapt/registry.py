@@ -21,7 +21,7 @@ head trained end to end see the same features.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -175,6 +175,21 @@ def get_method(name: str) -> Method:
         return _METHODS[name]
     except KeyError:
         raise UserError(f"method '{name}': unknown; known methods: {', '.join(_METHODS)}") from None
+
+
+def check_grid(models: Sequence[str], methods: Sequence[str]) -> None:
+    """Refuse, before any work, every model x method pair that cannot run: zero_shot (a method
+    reading no inputs) with an image-only model (``ModelSpec.text_tower`` False, e.g. RAD-DINO)."""
+    from fairxray.models import get_spec
+
+    text_methods = [m for m in methods if get_method(m).inputs == "none"]
+    image_only = [n for n in models if not get_spec(n).text_tower]
+    if text_methods and image_only:
+        raise UserError(
+            f"models {image_only} are image-only (no text tower): {text_methods} cannot run on "
+            "them; drop zero_shot from `methods` or these models from `models` (the DVC grid "
+            "crosses every model with every method)"
+        )
 
 
 def build(

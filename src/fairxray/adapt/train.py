@@ -177,6 +177,7 @@ def _job(p: Params, model_name: str, method: str, seeds, device: str | None, log
     from fairxray.data.splits import load_splits
 
     meth = adapt.get_method(method)
+    adapt.check_grid([model_name], [method])
     check_train_params(p.train, "params.yaml")
     hp, hp_source = resolve_train_params(p.train, paths.tuned(model_name, method))
     if device:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from fairxray.adapt.store import encode_cache
 from fairxray.data.cache import ImageCache
+from fairxray.errors import UserError
 from fairxray.models.base import ClipModel
 from fairxray.models.registry import ModelSpec
 
@@ -70,6 +71,10 @@ PROMPT_SCHEMES: dict[str, tuple[str, ...]] = {
         "{} chest x-ray",
         "chest x-ray showing {}",
     ),
+    # Image-only models (ModelSpec.text_tower False): no text tower, no prompts.
+    "none": (),
+    # CheXzero: its positive template is the bare finding name ("{}" vs "no {}" upstream).
+    "chexzero": ("{}",),
     # GLoRIA drops one-word sentences (upstream process_text), so a bare "{}" would encode as
     # [CLS] [SEP] for single-word names: report-style sentences of two words or more only.
     "gloria": (
@@ -97,6 +102,9 @@ PROMPT_SOURCES = {
     "classes (no pneumothorax), not NIH's 6",
     "report_ensemble": "fairxray report-style sentences; MedCLIP's own prompt generator "
     "covers CheXpert/COVID classes, not NIH's 6",
+    "chexzero": "CheXzero's positive template, the bare finding name (upstream pairs it with "
+    "'no {}'; here positives across classes)",
+    "none": "image-only model: no prompts",
 }
 ZERO_SHOT_RULES = ("cosine_softmax", "medclip_prompt_mean", "gloria_local_global")
 GLORIA_TEMP_ATTENTION = 4.0  # upstream attention_fn temperature over regions
@@ -113,12 +121,22 @@ def rule_for(spec: ModelSpec, override: str = "model") -> str:
     return "cosine_softmax" if override == "cosine_softmax" else rule
 
 
+def require_text_tower(spec: ModelSpec) -> None:
+    """Image-only models (``spec.text_tower`` False, e.g. RAD-DINO) have no zero-shot method."""
+    if not spec.text_tower:
+        raise UserError(
+            f"model '{spec.name}' is image-only (no text tower): the zero_shot method is not "
+            "available for it; remove zero_shot from `methods` or the model from `models`"
+        )
+
+
 def natural_name(label: str) -> str:
     return NATURAL_NAMES.get(label, label.replace("_", " ").lower())
 
 
 def class_prompts(spec: ModelSpec, classes: Sequence[str]) -> dict[str, list[str]]:
     """Class -> the prompts whose embeddings are averaged for it, per ``spec.prompt_style``."""
+    require_text_tower(spec)
     try:
         templates = PROMPT_SCHEMES[spec.prompt_style]
     except KeyError:

@@ -13,7 +13,8 @@ import pandas as pd
 
 from fairxray import paths
 from fairxray.config import Params
-from fairxray.data import nih
+from fairxray.data import chexpert, mimic, nih  # noqa: F401  (chexpert, mimic register)
+from fairxray.data.registry import DatasetSpec, Loaded, for_protocol, register
 from fairxray.errors import UserError
 from fairxray.hashing import sha256_file
 
@@ -68,19 +69,19 @@ def make_splits(
 def prepare(p: Params, protocol: str, out_dir: Path | None = None) -> dict:
     """Validate the metadata, build the protocol's splits, write them atomically; return the manifest."""
     out_dir = out_dir or paths.splits(protocol)
-    source = nih.metadata_path(p.data.metadata)
-    meta = nih.read_metadata(source)
-    splits, extra = make_splits(p, protocol, meta)
+    dataset = for_protocol(protocol)
+    loaded = dataset.read(p)
+    splits, extra = dataset.make_splits(p, protocol, loaded.frame)
     manifest = {
         "protocol": protocol,
-        "metadata": {"path": str(source), "sha256": sha256_file(source), "rows": len(meta)},
-        "params": {k: v for k, v in dataclasses.asdict(p.data).items() if k in SPLIT_PARAMS},
+        "metadata": loaded.source,
+        "params": dataset.split_params(p),
         "age_groups": nih.age_group_labels(p.data.age_bins),
         "rows": {k: int(len(v)) for k, v in splits.items()},
         "patients": {k: int(v["patient_id"].nunique()) for k, v in splits.items()},
         "leakage": nih.leakage(splits),
         **extra,
-        "cells": nih.cell_counts(splits),
+        "cells": dataset.cells(splits),
     }
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -91,6 +92,30 @@ def prepare(p: Params, protocol: str, out_dir: Path | None = None) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return manifest
+
+
+def _read_nih(p: Params) -> Loaded:
+    source = nih.metadata_path(p.data.metadata)
+    meta = nih.read_metadata(source)
+    return Loaded(meta, {"path": str(source), "sha256": sha256_file(source), "rows": len(meta)})
+
+
+def _nih_split_params(p: Params) -> dict:
+    return {k: v for k, v in dataclasses.asdict(p.data).items() if k in SPLIT_PARAMS}
+
+
+NIH = register(
+    DatasetSpec(
+        name="nih",
+        protocols=nih.PROTOCOLS,
+        sensitive=("age_group", "sex"),
+        labels=nih.NIH_LABELS,
+        read=_read_nih,
+        make_splits=make_splits,
+        split_params=_nih_split_params,
+        cells=nih.cell_counts,
+    )
+)
 
 
 def load_splits(protocol: str, drop_skipped: bool = True) -> dict[str, pd.DataFrame]:

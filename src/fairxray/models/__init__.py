@@ -4,7 +4,18 @@ Use :func:`create`, :func:`get_spec`, :func:`list_models` and :func:`weights_sta
 on model names outside the family modules.
 """
 
-from fairxray.models import biomedclip, gloria, medclip, openclip, toy  # noqa: F401  (registers)
+from fairxray.models import (  # noqa: F401  (importing registers each family)
+    biomedclip,
+    biovil,
+    chexzero,
+    gloria,
+    medclip,
+    medsiglip,
+    openclip,
+    pubmedclip,
+    raddino,
+    toy,
+)
 from fairxray.models.base import ClipModel
 from fairxray.models.registry import (
     ImageSpec,

@@ -69,6 +69,7 @@ def inventory(weights_dir: str | None) -> list[dict]:
                 "in_channels": s.image.in_channels,
                 "prompt_style": s.prompt_style,
                 "lora": _lora(s),
+                "zero_shot": s.text_tower,  # False: image-only, no zero_shot method
                 "notes": s.notes,
             }
         )

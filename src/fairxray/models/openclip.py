@@ -1,4 +1,4 @@
-"""OpenAI CLIP ViT-B/16 and ViT-B/32 through open_clip (OpenAI key layout, QuickGELU).
+"""OpenAI CLIP ViT-B/16, ViT-B/32, RN50 and RN50x4 through open_clip (OpenAI key layout, QuickGELU).
 
 Built offline from open_clip's shipped ``-quickgelu`` configs (the plain configs use nn.GELU and
 silently mismatch OpenAI weights). Real weights: OpenAI's TorchScript archive (``ViT-B-32.pt``,
@@ -8,6 +8,7 @@ sha256 = the URL path segment), read tensor-by-tensor with :mod:`safe_pickle`; p
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from pathlib import Path
 
@@ -123,7 +124,24 @@ def _config(name: str) -> dict:
 ARCHS: dict[str, str] = {}  # registry name -> open_clip config it is built from
 
 
-def _register(name: str, arch: str, jit_file: str, sha: str, url: str) -> ModelSpec:
+# LoRA on the modified ResNets: the bottleneck convolutions of layers 1-4 (the paper's code
+# adapts ResNet convs, rank 4). Not the attention pool: it passes its q/k/v/c weights to
+# F.multi_head_attention_forward directly, so LoRA wrappers there would get no gradient.
+RESNET_LORA = r"layer[1-4]\.\d+\.conv[123]"
+
+
+def _register(
+    name: str,
+    arch: str,
+    jit_file: str,
+    sha: str,
+    url: str,
+    image: ImageSpec = CLIP_IMAGE,
+    embed_dim: int = 512,
+    lora_targets: str = r"transformer\.resblocks\.\d+\.attn",
+    lora: LoraSpec | None = CLIP_LORA,
+    feature_dim: int | None = 768,
+) -> ModelSpec:
     ARCHS[name] = arch
 
     def build(folder: Path | None) -> OpenClipModel:
@@ -138,15 +156,15 @@ def _register(name: str, arch: str, jit_file: str, sha: str, url: str) -> ModelS
             sha256={jit_file: sha},
             source=url,
             license="MIT (openai/CLIP code and weights)",
-            image=CLIP_IMAGE,
-            embed_dim=512,
+            image=image,
+            embed_dim=embed_dim,
             prompt_style="clip_ensemble",
-            # Fallback targets only (`lora` below is what every lora_config uses): peft on the
-            # nn.MultiheadAttention module adapts in_proj and out_proj (884,736 at rank 16).
-            lora_targets=r"transformer\.resblocks\.\d+\.attn",
-            lora=CLIP_LORA,
+            # Fallback targets (`lora`, where given, is what every lora_config uses): on ViTs peft
+            # on the nn.MultiheadAttention module adapts in_proj and out_proj (884,736 at rank 16).
+            lora_targets=lora_targets,
+            lora=lora,
             notes=f"open_clip {arch}; OpenAI TorchScript archive read without executing it",
-            feature_dim=768,
+            feature_dim=feature_dim,
             text_context=77,
         )
     )
@@ -169,4 +187,38 @@ _register(
     "ViT-B-16.pt",
     _SHA_B16,
     f"{_OPENAI}/{_SHA_B16}/ViT-B-16.pt",
+)
+_SHA_RN50 = "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762"
+_SHA_RN50X4 = "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd"
+# The modified ResNets end in an attention pool that outputs the joint embedding directly. The
+# paper ran no CLIP ResNet: its LoRA is the released ResNet rule (rank 4 on the layer1-4
+# bottleneck convs, scale 1) applied to this backbone.
+_RN_LORA = LoraSpec(
+    targets=RESNET_LORA,
+    rank=4,
+    scale=1.0,
+    source="released code's ResNet rule (rank 4, layer1-4 bottleneck convs, no scaling)",
+)
+_register(
+    "clip-rn50",
+    "RN50-quickgelu",
+    "RN50.pt",
+    _SHA_RN50,
+    f"{_OPENAI}/{_SHA_RN50}/RN50.pt",
+    embed_dim=1024,
+    lora_targets=RESNET_LORA,
+    lora=_RN_LORA,
+    feature_dim=None,
+)
+_register(
+    "clip-rn50x4",
+    "RN50x4-quickgelu",
+    "RN50x4.pt",
+    _SHA_RN50X4,
+    f"{_OPENAI}/{_SHA_RN50X4}/RN50x4.pt",
+    image=dataclasses.replace(CLIP_IMAGE, size=288),  # RN50x4 is trained at 288 px
+    embed_dim=640,
+    lora_targets=RESNET_LORA,
+    lora=_RN_LORA,
+    feature_dim=None,
 )

@@ -100,6 +100,7 @@ class ModelSpec:
     # Zero-shot: the prompt set's source and the rule that turns similarities into class scores
     # (a key of fairxray.adapt.zero_shot.ZERO_SHOT_RULES; "" = the default softmax over cosines).
     zero_shot: str = ""
+    text_tower: bool = True  # False: image-only (RAD-DINO), the zero_shot method refuses it
 
 
 @dataclass(frozen=True)

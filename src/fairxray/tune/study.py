@@ -304,6 +304,7 @@ def tune(
     tp = p.tune
     check_tune_params(tp)
     meth = adapt.get_method(method)
+    adapt.check_grid([model], [method])
     out_path = paths.tuned(model, method)
     if meth.build is None:
         content = nothing_to_tune(model, method, f"{method} trains nothing: nothing to tune")
