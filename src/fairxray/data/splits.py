@@ -31,6 +31,10 @@ SPLIT_PARAMS = (
 )
 
 
+# How the manifest names torchxrayvision's copy of the metadata (never its install path).
+BUNDLED = "torchxrayvision:data/Data_Entry_2017_v2020.csv.gz"
+
+
 def design(p: Params) -> nih.Design:
     d = p.data
     return nih.Design(d.classes, d.age_bins, d.per_cell, d.n_val, d.n_test, d.seed)
@@ -65,16 +69,77 @@ def make_splits(
     return splits, extra
 
 
+def portable_path(path: str | Path | None) -> str | None:
+    """A path as identity may record it: relative to the working directory when inside it, else
+    its file name only. A moved or re-cloned project gives the same manifest (and so the same
+    data hash); the content is identified by its sha256 beside it."""
+    if path is None:
+        return None
+    path, here = Path(path).resolve(), Path.cwd().resolve()
+    return path.relative_to(here).as_posix() if path.is_relative_to(here) else path.name
+
+
+def check_classes(p: Params, meta: pd.DataFrame, source: Path) -> None:
+    """Every ``data.classes`` entry must be a label that occurs in the metadata: a misspelled
+    class would otherwise become a phantom, empty class."""
+    present = set(meta["labels"].str.split("|").explode())
+    unknown = [c for c in p.data.classes if c not in present]
+    if unknown:
+        known = ", ".join(sorted(present - {nih.NO_FINDING}))
+        raise UserError(
+            f"{p.source}: 'data.classes' has {', '.join(repr(c) for c in unknown)}, not a label of "
+            f"{source} (its labels: {known})"
+        )
+
+
+MIN_PER_CLASS = 1  # rows of each class every split of a 6x200 protocol must hold
+
+
+def check_splits(p: Params, protocol: str, splits: dict[str, pd.DataFrame], source: Path) -> None:
+    """Every split must have rows, and train and val every class (test too in the 6x200
+    designs): a too-small metadata file fails here, not in a later stage."""
+    problems = [f"{name} is empty" for name, df in splits.items() if df.empty]
+    if protocol != "nih-official":
+        for name, df in splits.items():
+            counts = df["label"].value_counts() if not df.empty else pd.Series(dtype=int)
+            short = [c for c in p.data.classes if counts.get(c, 0) < MIN_PER_CLASS]
+            if short and not df.empty:
+                problems.append(f"{name} has no row of {', '.join(short)}")
+    else:
+        for name in ("train", "val"):
+            df = splits[name]
+            absent = [c for c in nih.NIH_LABELS if not df.empty and df[f"y_{c}"].sum() == 0]
+            if absent:
+                problems.append(f"{name} has no positive of {', '.join(absent)}")
+    if problems:
+        rows = {k: len(v) for k, v in splits.items()}
+        raise UserError(
+            f"{source}: too few rows for protocol {protocol} (rows {rows}): "
+            + "; ".join(problems)
+            + " (a metadata file this small cannot be split; check data.metadata)"
+        )
+
+
 def prepare(p: Params, protocol: str, out_dir: Path | None = None) -> dict:
     """Validate the metadata, build the protocol's splits, write them atomically; return the manifest."""
     out_dir = out_dir or paths.splits(protocol)
     source = nih.metadata_path(p.data.metadata)
     meta = nih.read_metadata(source)
+    if protocol != "nih-official":
+        check_classes(p, meta, source)
     splits, extra = make_splits(p, protocol, meta)
+    check_splits(p, protocol, splits, source)
+    split_params = {k: v for k, v in dataclasses.asdict(p.data).items() if k in SPLIT_PARAMS}
+    for key in ("metadata", "official_lists_dir"):
+        split_params[key] = portable_path(split_params[key])
     manifest = {
         "protocol": protocol,
-        "metadata": {"path": str(source), "sha256": sha256_file(source), "rows": len(meta)},
-        "params": {k: v for k, v in dataclasses.asdict(p.data).items() if k in SPLIT_PARAMS},
+        "metadata": {
+            "path": portable_path(source) if p.data.metadata is not None else BUNDLED,
+            "sha256": sha256_file(source),
+            "rows": len(meta),
+        },
+        "params": split_params,
         "age_groups": nih.age_group_labels(p.data.age_bins),
         "rows": {k: int(len(v)) for k, v in splits.items()},
         "patients": {k: int(v["patient_id"].nunique()) for k, v in splits.items()},
