@@ -260,6 +260,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 def _validate(p: Params, src: str) -> None:
     d = p.data
+    if d.per_cell < 1:
+        raise ConfigError(f"{src}: 'data.per_cell' must be at least 1, got {d.per_cell!r}")
     if p.profile not in ("demo", "paper"):
         raise ConfigError(f"{src}: 'profile' must be 'demo' or 'paper', got {p.profile!r}")
     if d.protocol not in d.protocols:

@@ -62,3 +62,14 @@ def test_a_profile_replaces_the_search_space_whole(work):
     want = yaml.safe_load((work / "profiles" / "paper.yaml").read_text())["tune"]["space"]
     got = yaml.safe_load((work / "params.yaml").read_text())["tune"]["space"]
     assert got == want  # no demo-sized head widths or LoRA ranks left behind
+
+
+def test_paper_profile_rejects_nonexistent_paths_at_once(work, capsys):
+    before = (work / "params.yaml").read_text()
+    (work / "w").mkdir()
+    argv = ["profile", "paper", "--images-dir", "no-nih", "--weights-dir", "w", "--metadata", "w"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no-nih: no such folder (data.images_dir)" in err
+    assert "w: no such file (data.metadata)" in err  # a folder where a file is needed
+    assert (work / "params.yaml").read_text() == before
