@@ -326,7 +326,8 @@ def _validate_ranges(p: Params, src: str) -> None:
     for ok, key, value, what in checks:
         if not ok:
             raise ConfigError(f"{src}: '{key}' {what}, got {value!r}")
-    for key, names in (("models", p.models), ("methods", p.methods), ("data.protocols", d.protocols)):
+    named = (("models", p.models), ("methods", p.methods), ("data.protocols", d.protocols))
+    for key, names in named:
         for i, name in enumerate(names):
             if not SAFE_NAME.match(name):
                 raise ConfigError(

@@ -359,7 +359,9 @@ def test_tiny_metadata_fails_in_prepare(tmp_path, monkeypatch, capsys):
     from fairxray import cli
 
     classes = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumothorax"]
-    rows = [f"{k:08d}_000.png,{c},0,{k},{40 + k},{'MF'[k % 2]},PA" for k, c in enumerate(classes, 1)]
+    rows = [
+        f"{k:08d}_000.png,{c},0,{k},{40 + k},{'MF'[k % 2]},PA" for k, c in enumerate(classes, 1)
+    ]
     csv = write_csv(tmp_path, rows)  # 6 rows: one image per class, nowhere near a split
     params = yaml_params(tmp_path, metadata=str(csv))
     monkeypatch.chdir(tmp_path)

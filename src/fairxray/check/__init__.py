@@ -40,7 +40,9 @@ def check_names(p: Params) -> list[str]:
     ):
         for i, name in enumerate(names):
             if name not in known:
-                problems.append(f"'{key}[{i}]' {name!r} is not registered (known: {', '.join(known)})")
+                problems.append(
+                    f"'{key}[{i}]' {name!r} is not registered (known: {', '.join(known)})"
+                )
     return problems
 
 
