@@ -286,6 +286,8 @@ def _validate(p: Params, src: str) -> None:
         raise ConfigError(f"{src}: 'metrics.ci_level' must lie in (0, 1)")
 
 
+EXPORTERS = ("dynamo", "legacy")  # export/onnx.py's exporters
+
 # Names that go into DVC stage commands, paths and MLflow: letters, digits, '.', '_', '-' only.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -320,6 +322,7 @@ def _validate_ranges(p: Params, src: str) -> None:
         (m.min_group_size >= 1, "metrics.min_group_size", m.min_group_size, "must be >= 1"),
         (len(m.sensitive) >= 1, "metrics.sensitive", list(m.sensitive), "needs a column"),
         (ex.opset >= 7, "export.opset", ex.opset, "must be at least 7"),
+        (ex.exporter in EXPORTERS, "export.exporter", ex.exporter, f"must be one of {EXPORTERS}"),
         (ex.atol > 0, "export.atol", ex.atol, "must be positive"),
         (ex.parity_images >= 2, "export.parity_images", ex.parity_images, "must be at least 2"),
     ]

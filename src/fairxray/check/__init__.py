@@ -86,6 +86,19 @@ def check_real_inputs(p: Params) -> tuple[list[str], list[str]]:
     return result.problems, result.warnings
 
 
+def require_valid(p: Params) -> None:
+    """The name and section checks of :func:`check` for a stage run on its own (outside
+    ``dvc repro``): one numbered :class:`UserError` before the stage creates anything."""
+    problems = check_names(p) + check_sections(p)
+    if problems:
+        raise UserError(_message(p, problems))
+
+
+def _message(p: Params, problems: list[str]) -> str:
+    lines = [f"{p.source}: {len(problems)} problem(s) found before any work was started:"]
+    return "\n".join(lines + [f"  {i}. {msg}" for i, msg in enumerate(problems, 1)])
+
+
 def check(params_path: str | Path = "params.yaml", out: Path = OUTPUT) -> dict:
     """Validate ``params_path``; raise one :class:`UserError` listing every problem (numbered,
     naming the file), else write ``out`` and return its content."""
@@ -97,9 +110,7 @@ def check(params_path: str | Path = "params.yaml", out: Path = OUTPUT) -> dict:
         real, warnings = check_real_inputs(p)
         problems += real
     if problems:
-        lines = [f"{p.source}: {len(problems)} problem(s) found before any work was started:"]
-        lines += [f"  {i}. {msg}" for i, msg in enumerate(problems, 1)]
-        raise UserError("\n".join(lines))
+        raise UserError(_message(p, problems))
     content = {
         "ok": True,
         "profile": p.profile,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from fairxray.check import require_valid
 from fairxray.config import load_params
 
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     p = load_params(args.params)
+    require_valid(p)  # before a study or a model folder exists
     callbacks = []
     trains = adapt.get_method(args.method).build is not None
     if trains and search_space(p.tune, args.method) and not args.no_mlflow:
