@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from fairxray import adapt
-    from fairxray.tune import search_space, tune
+    from fairxray.tune import make_storage, search_space, storage_url, tune
 
     args = _parser().parse_args(argv)
     p = load_params(args.params)
@@ -46,13 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
         uri = args.tracking_uri or p.mlflow.tracking_uri
         callbacks.append(TrialLogger(uri, p, args.model, args.method))
-    tune(
-        p,
-        args.model,
-        args.method,
-        storage=args.storage,
-        worker=args.worker,
-        n_trials=args.n_trials,
-        callbacks=callbacks,
-    )
+    run = {"storage": args.storage, "worker": args.worker, "n_trials": args.n_trials}
+    content = tune(p, args.model, args.method, callbacks=callbacks, **run)
+    if callbacks and "study" in content:  # the study is the record: MLflow gets what it lacks
+        storage = make_storage(storage_url(p.tune, args.storage))
+        callbacks[0].resync(content["study"]["name"], storage)
     return 0
