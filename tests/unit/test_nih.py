@@ -384,7 +384,8 @@ def test_split_manifest_has_no_absolute_path(tmp_path, monkeypatch):
         proj.mkdir()
         monkeypatch.chdir(proj)
         shutil.copyfile(csv, proj / csv.name)
-        params = yaml_params(proj, metadata=csv.name)
+        # An absolute path, as `fairxray profile paper --metadata` writes it.
+        params = yaml_params(proj, metadata=str(proj / csv.name))
         prepare(load_params(params), "nih6x200-clean")
         text = (proj / "data" / "splits" / "nih6x200-clean" / "manifest.json").read_text()
         assert str(tmp_path) not in text
