@@ -130,18 +130,35 @@ def kill_when(cwd: Path, trigger: Callable[[Path], bool], limit: float = 600) ->
             proc.wait()
 
 
+COMPLETE_TRIALS = "select count(*) from trials where state = 'COMPLETE'"
+TRIAL_RUNS = "select count(*) from tags where key = 'fairxray.kind' and value = 'trial'"
+RUNNING_RUNS = "select count(*) from runs where status = 'RUNNING'"
+
+
+def _images_half_built(d: Path) -> bool:
+    return any((d / "data" / "partial" / "images").glob("*/work.json"))
+
+
+def _trial_finished_not_logged(d: Path) -> bool:
+    """The trial is finished in the study, its MLflow logging not yet done."""
+    finished = _query(d / "studies" / "optuna.db", COMPLETE_TRIALS) > 0
+    return finished and _query(d / "mlruns" / "mlflow.db", TRIAL_RUNS) == 0
+
+
+def _training(d: Path) -> bool:
+    return _process("fairxray train")
+
+
+def _run_open(d: Path) -> bool:
+    """A seed run created by `track` and not yet closed."""
+    return _query(d / "mlruns" / "mlflow.db", RUNNING_RUNS) > 0
+
+
 KILL_POINTS = {
-    # Image cache half built: its work area exists.
-    "images": lambda d: any((d / "data" / "partial" / "images").glob("*/work.json")),
-    # The trial is finished in the study, its MLflow logging not yet done.
-    "tune": lambda d: _query(d / "studies" / "optuna.db",
-                             "select count(*) from trials where state = 'COMPLETE'") > 0
-    and _query(d / "mlruns" / "mlflow.db", "select count(*) from tags where "
-               "key = 'fairxray.kind' and value = 'trial'") == 0,  # fmt: skip
-    "train": lambda d: _process("fairxray train"),
-    # A seed run created and not yet closed.
-    "track": lambda d: _query(d / "mlruns" / "mlflow.db", "select count(*) from runs "
-                              "where status = 'RUNNING'") > 0,  # fmt: skip
+    "images": _images_half_built,
+    "tune": _trial_finished_not_logged,
+    "train": _training,
+    "track": _run_open,
 }
 
 
@@ -219,3 +236,33 @@ def test_a_further_repro_adds_no_mlflow_run(runs):
         cwd=d, env=_env(), capture_output=True, check=True, timeout=600,
     )  # fmt: skip
     assert _query(db, "select count(*) from runs") == before
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda raw: raw.update(colour="red"), "unknown key 'colour'"),
+        (lambda raw: raw.update(models=["x; touch F; true"]), "is not a safe name"),
+        (lambda raw: raw["metrics"].update(n_boot=-1), "'metrics.n_boot' must be 0"),
+    ],
+)
+def test_bad_params_stop_dvc_at_check_with_outputs_intact(runs, change, expected):
+    """An unknown top-level key is no longer 'up to date', a hostile model name never reaches a
+    shell, and DVC stops at `check` before it removes any stage's outputs."""
+    d = runs["faulty"]
+    params = d / "params.yaml"
+    good = params.read_text()
+    before = outputs(d)
+    raw = yaml.safe_load(good)
+    change(raw)
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        res = subprocess.run(
+            ["dvc", "repro"], cwd=d, env=_env(), capture_output=True, text=True, timeout=600
+        )
+    finally:
+        params.write_text(good)
+    assert res.returncode != 0 and expected in res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    assert not (d / "F").exists()
+    assert outputs(d) == before and (d / "reports" / "summary.json").exists()

@@ -97,3 +97,13 @@ def test_paper_profile_reports_images_and_weights_in_one_message(tmp_path, monke
     assert "nih6x200-clean" in err and "missing" in err  # the protocol's needed images
     assert "weights for model 'toy' not usable" in err  # and the model's weights
     assert not (tmp_path / "check" / "params.json").exists()
+
+
+def test_tune_with_negative_epochs_fails_before_a_study_exists(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path, **{"train.epochs": -1})
+    argv = ["tune", "--model", "toy", "--method", "linear_probe", "--params", str(params)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{params}: 1 problem(s)" in err and "'train.epochs' must be at least 1" in err
+    assert "Traceback" not in err and not (tmp_path / "studies").exists()
