@@ -97,14 +97,15 @@ def _query(db: Path, sql: str) -> int:
         return 0
 
 
-def _process(cmd: str) -> bool:
+def _process(cmd: str, cwd: Path) -> bool:
+    """A process running ``cmd`` in ``cwd`` (this run's, not another project's on the machine)."""
     for pid in os.listdir("/proc"):
         try:
             line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if cmd in line and os.readlink(f"/proc/{pid}/cwd") == str(cwd):
+                return True
         except (OSError, UnicodeDecodeError):
             continue
-        if cmd in line:
-            return True
     return False
 
 
@@ -133,6 +134,10 @@ def kill_when(cwd: Path, trigger: Callable[[Path], bool], limit: float = 600) ->
 COMPLETE_TRIALS = "select count(*) from trials where state = 'COMPLETE'"
 TRIAL_RUNS = "select count(*) from tags where key = 'fairxray.kind' and value = 'trial'"
 RUNNING_RUNS = "select count(*) from runs where status = 'RUNNING'"
+RUNNING_SEED_RUNS = (
+    "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid where r.status = "
+    "'RUNNING' and t.key = 'fairxray.kind' and t.value = 'seed'"
+)
 
 
 def _images_half_built(d: Path) -> bool:
@@ -146,12 +151,12 @@ def _trial_finished_not_logged(d: Path) -> bool:
 
 
 def _training(d: Path) -> bool:
-    return _process("fairxray train")
+    return _process("fairxray train", d)
 
 
 def _run_open(d: Path) -> bool:
     """A seed run created by `track` and not yet closed."""
-    return _query(d / "mlruns" / "mlflow.db", RUNNING_RUNS) > 0
+    return _query(d / "mlruns" / "mlflow.db", RUNNING_SEED_RUNS) > 0
 
 
 KILL_POINTS = {
@@ -184,6 +189,14 @@ def runs(tmp_path_factory) -> dict:
 
 
 def test_kills_landed_where_intended(runs):
+    d = runs["faulty"]
+    db = d / "mlruns" / "mlflow.db"
+    # The seed run the kill in `track` left RUNNING was closed as KILLED and replaced.
+    killed_seed = (
+        "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid where r.status = "
+        "'KILLED' and t.key = 'fairxray.kind' and t.value = 'seed'"
+    )
+    assert _query(db, killed_seed) == 1
     # images, tune (after its trial) and train always have a window; the track window is short
     # but a RUNNING seed run lasts while its artifacts are logged.
     assert runs["killed"] == {stage: True for stage in KILL_POINTS}

@@ -158,6 +158,8 @@ def pair_run(cl, exp_id: str, p: Params, model: str, method: str) -> str:
     key = {KIND: "pair", MODEL: model, METHOD: method}
     found = cl.search_runs([exp_id], _filter(key), max_results=1, order_by=["start_time ASC"])
     if found:
+        if found[0].info.status == "RUNNING":  # its creator was killed before closing it
+            cl.set_terminated(found[0].info.run_id, "FINISHED")
         return found[0].info.run_id
     tags = {**key, "fairxray.profile": p.profile, "fairxray.protocol": p.data.protocol}
     run = cl.create_run(exp_id, tags=tags, run_name=f"{model}/{method}")
