@@ -8,6 +8,7 @@ equal field names. Nested dataclasses map to nested mappings.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ class DataParams:
 @dataclass(frozen=True)
 class ImagesParams:
     size: int  # side of the square uint8 cache
+    min_source_size: int  # a source image whose shorter side is below this is a bad file
     on_error: str  # "fail": one error listing every bad file; "skip": drop and list them
     workers: int  # decode processes; 0 = all cores
     synthetic: SyntheticParams
@@ -212,6 +214,8 @@ class Params:
     train: TrainParams
     tune: TuneParams
     export: ExportParams
+    # The params file these were read from (not a YAML key): errors name it.
+    source: str = dataclasses.field(default="params.yaml", compare=False, metadata={"yaml": False})
 
     @property
     def is_demo(self) -> bool:
@@ -271,7 +275,7 @@ def _build(cls: type, raw: Any, where: str, src: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{src}: section '{where or '<top>'}' must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
     prefix = f"{where}." if where else ""
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -290,8 +294,9 @@ def _build(cls: type, raw: Any, where: str, src: str) -> Any:
 
 
 def parse_params(raw: Any, src: str = "<params>") -> Params:
-    p = _build(Params, raw, "", src)
+    p = dataclasses.replace(_build(Params, raw, "", src), source=src)
     _validate(p, src)
+    _validate_ranges(p, src)
     return p
 
 
@@ -308,6 +313,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 def _validate(p: Params, src: str) -> None:
     d = p.data
+    if d.per_cell < 1:
+        raise ConfigError(f"{src}: 'data.per_cell' must be at least 1, got {d.per_cell!r}")
     if p.profile not in ("demo", "paper"):
         raise ConfigError(f"{src}: 'profile' must be 'demo' or 'paper', got {p.profile!r}")
     if d.protocol not in d.protocols:
@@ -341,3 +348,61 @@ def _validate(p: Params, src: str) -> None:
         raise ConfigError(f"{src}: 'metrics.alpha' and 'metrics.mde_power' must lie in (0, 1)")
     if p.metrics.n_perm < 0:
         raise ConfigError(f"{src}: 'metrics.n_perm' must be 0 or more")
+
+
+EXPORTERS = ("dynamo", "legacy")  # export/onnx.py's exporters
+
+# Names that go into DVC stage commands, paths and MLflow: letters, digits, '.', '_', '-' only.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _validate_ranges(p: Params, src: str) -> None:
+    """Types are checked while building; these are the ranges a stage would otherwise trip over
+    later (with a traceback, NaN intervals or an exit 0 having done nothing)."""
+    d, im, m, ex = p.data, p.images, p.metrics, p.export
+    checks = [
+        (d.per_cell >= 1, "data.per_cell", d.per_cell, "must be at least 1"),
+        (d.n_val >= 1, "data.n_val", d.n_val, "must be at least 1"),
+        (d.n_test >= 1, "data.n_test", d.n_test, "must be at least 1"),
+        (len(d.classes) >= 2, "data.classes", list(d.classes), "needs at least 2 classes"),
+        (len(set(d.classes)) == len(d.classes), "data.classes", list(d.classes), "has repeats"),
+        (
+            0 < d.official_val_fraction < 1,
+            "data.official_val_fraction",
+            d.official_val_fraction,
+            "must lie in (0, 1)",
+        ),
+        (im.size >= 8, "images.size", im.size, "must be at least 8 px"),
+        (im.min_source_size >= 1, "images.min_source_size", im.min_source_size, "must be >= 1"),
+        (im.workers >= 0, "images.workers", im.workers, "must be non-negative (0 = all cores)"),
+        (im.synthetic.noise >= 0, "images.synthetic.noise", im.synthetic.noise, "must be >= 0"),
+        (len(p.models) >= 1, "models", list(p.models), "needs at least one model"),
+        (len(p.methods) >= 1, "methods", list(p.methods), "needs at least one method"),
+        (len(p.seeds) >= 1, "seeds", list(p.seeds), "needs at least one seed"),
+        (len(set(p.seeds)) == len(p.seeds), "seeds", list(p.seeds), "has repeats"),
+        (all(s >= 0 for s in p.seeds), "seeds", list(p.seeds), "must be non-negative"),
+        (m.n_boot == 0 or m.n_boot >= 2, "metrics.n_boot", m.n_boot, "must be 0 (off) or >= 2"),
+        (m.ece_bins >= 1, "metrics.ece_bins", m.ece_bins, "must be at least 1"),
+        (m.min_group_size >= 1, "metrics.min_group_size", m.min_group_size, "must be >= 1"),
+        (len(m.sensitive) >= 1, "metrics.sensitive", list(m.sensitive), "needs a column"),
+        (ex.opset >= 7, "export.opset", ex.opset, "must be at least 7"),
+        (ex.exporter in EXPORTERS, "export.exporter", ex.exporter, f"must be one of {EXPORTERS}"),
+        (ex.atol > 0, "export.atol", ex.atol, "must be positive"),
+        (ex.parity_images >= 2, "export.parity_images", ex.parity_images, "must be at least 2"),
+    ]
+    for ok, key, value, what in checks:
+        if not ok:
+            raise ConfigError(f"{src}: '{key}' {what}, got {value!r}")
+    named = (("models", p.models), ("methods", p.methods), ("data.protocols", d.protocols))
+    for key, names in named:
+        for i, name in enumerate(names):
+            if not SAFE_NAME.match(name):
+                raise ConfigError(
+                    f"{src}: '{key}[{i}]' {name!r} is not a safe name (letters, digits, '.', '_', "
+                    "'-'; it goes into stage commands and paths)"
+                )
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{src}: '{key}' has repeats: {list(names)}")
+    for i, value in enumerate(im.synthetic.age_signal_scale):
+        if value < 0:
+            raise ConfigError(f"{src}: 'images.synthetic.age_signal_scale[{i}]' must be >= 0")

@@ -131,6 +131,28 @@ def set_key(raw: Any, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+# The path keys `fairxray profile` sets from its flags, and what each must be.
+PATH_KEYS = {"data.images_dir": "folder", "data.weights_dir": "folder", "data.metadata": "file"}
+
+
+def path_sets(values: dict[str, str | None]) -> dict[str, str]:
+    """``{params key: absolute path}`` for the given flags; a path that does not exist (or is not
+    the right kind) is an error at once, every such path in one message."""
+    out, bad = {}, []
+    for key, value in values.items():
+        if not value:
+            continue
+        path = Path(value).resolve()
+        kind = PATH_KEYS[key]
+        ok = path.is_dir() if kind == "folder" else path.is_file()
+        if not ok:
+            bad.append(f"{value}: no such {kind} ({key})")
+        out[key] = str(path)
+    if bad:
+        raise UserError("; ".join(bad))
+    return out
+
+
 def apply_profile(
     name: str,
     params_path: Path = Path("params.yaml"),

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from fairxray import paths
 from fairxray.config import load_params
@@ -149,3 +151,30 @@ def test_seed_choice_is_best_validation_score(tmp_path, monkeypatch):
     assert choose_seed("toy", "zero_shot", [3, 1, 2])[0] == 3
     with pytest.raises(UserError, match="seed9"):
         choose_seed("toy", "mlp", [9])
+
+
+def test_onnx_file_embeds_no_source_paths(tmp_path):
+    """The dynamo exporter records stack traces (this checkout's and torch's file paths) in node
+    metadata; a moved or re-cloned project must export the same bytes, so none may remain."""
+    from fairxray.config import ExportParams
+    from fairxray.export.onnx import export_onnx, ort_probs
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.fc = nn.Linear(2 * 14 * 14, 3)
+
+        def forward(self, image):
+            return torch.softmax(self.fc(torch.relu(self.conv(image)).flatten(1)), -1)
+
+    net = Net().eval()
+    x = torch.randn(2, 1, 16, 16)
+    path = tmp_path / "m.onnx"
+    export_onnx(net, x, path, ExportParams(opset=18, exporter="dynamo", atol=1e-4, parity_images=2))
+    raw = path.read_bytes()
+    src = str(Path(__file__).resolve().parents[2]).encode()
+    assert b"site-packages" not in raw and b".py" not in raw and src not in raw
+    with torch.no_grad():
+        expect = net(x).numpy()
+    assert np.abs(ort_probs(path, x.numpy()) - expect).max() < 1e-5  # the graph is intact

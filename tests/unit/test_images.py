@@ -112,8 +112,14 @@ def split_rows(ids, labels=None):
     )
 
 
-def params(size=16, on_error="fail", workers=1):
-    return ImagesParams(size=size, on_error=on_error, workers=workers, synthetic=SYN)
+def params(size=16, on_error="fail", workers=1, min_source_size=8, synthetic=SYN):
+    return ImagesParams(
+        size=size,
+        min_source_size=min_source_size,
+        on_error=on_error,
+        workers=workers,
+        synthetic=synthetic,
+    )
 
 
 def test_synthetic_cache_covers_exactly_the_split_rows(tmp_path):
@@ -315,3 +321,118 @@ def test_rows_of_skipped_images_are_dropped_downstream(tmp_path, nih_folder, mon
     for df in frames.values():  # every remaining row has pixels
         assert cache.present(df["image_id"]).all()
     assert len(load_splits("p", drop_skipped=False)["test"]) == 2
+
+
+# --- no silent wrong data: resume key, bit depth, tiny images ---------------------------------
+
+
+def _interrupted_build(monkeypatch, splits, out, partial, p, images_dir):
+    """Build until the second chunk, then fail as a kill would: the work area is left behind."""
+    monkeypatch.setattr(images_mod, "CHUNK", 2)
+    real = images_mod._decode_chunk
+    calls = []
+
+    def flaky(args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(args)
+
+    monkeypatch.setattr(images_mod, "_decode_chunk", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        images_mod.build_cache(splits, out, partial, p, images_dir, 6, ["0-59", "60-99"], False)
+    monkeypatch.setattr(images_mod, "_decode_chunk", real)
+    assert (partial / "done.npy").exists() and np.load(partial / "done.npy").any()
+
+
+def _flat_png(path, value, size=(32, 32)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0]), value, np.uint8), "L").save(path)
+
+
+def test_resume_after_switching_images_dir_uses_the_new_pixels(tmp_path, monkeypatch):
+    ids = [f"{k:08d}_000.png" for k in range(1, 7)]
+    for v in ids:
+        _flat_png(tmp_path / "grey" / v, 128)
+        _flat_png(tmp_path / "black" / v, 0)
+    splits = {"train": split_rows(ids), "val": split_rows([]), "test": split_rows([])}
+    out, partial = tmp_path / "c", tmp_path / "p"
+    _interrupted_build(monkeypatch, splits, out, partial, params(), tmp_path / "grey")
+    images_mod.build_cache(
+        splits, out, partial, params(), tmp_path / "black", 6, ["0-59", "60-99"], False
+    )
+    assert int(np.asarray(ImageCache.open(out).pixels).max()) == 0  # no grey pixel survives
+
+
+def test_resume_after_a_file_is_replaced_uses_the_new_file(tmp_path, monkeypatch):
+    ids = [f"{k:08d}_000.png" for k in range(1, 7)]
+    for v in ids:
+        _flat_png(tmp_path / "nih" / v, 128)
+    splits = {"train": split_rows(ids), "val": split_rows([]), "test": split_rows([])}
+    out, partial = tmp_path / "c", tmp_path / "p"
+    _interrupted_build(monkeypatch, splits, out, partial, params(), tmp_path / "nih")
+    _flat_png(tmp_path / "nih" / ids[0], 0, size=(40, 40))  # already decoded, then replaced
+    images_mod.build_cache(
+        splits, out, partial, params(), tmp_path / "nih", 6, ["0-59", "60-99"], False
+    )
+    cache = ImageCache.open(out)
+    assert int(cache.get([ids[0]]).max()) == 0 and int(cache.get([ids[1]]).min()) == 128
+
+
+def test_resume_after_changing_synthetic_params_renders_again(tmp_path, monkeypatch):
+    ids = [f"{k:08d}_000.png" for k in range(8)]
+    splits = {"train": split_rows(ids), "val": split_rows([]), "test": split_rows([])}
+    out, partial = tmp_path / "c", tmp_path / "p"
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt  # after every image was rendered and committed
+
+    real_publish = images_mod._publish
+    monkeypatch.setattr(images_mod, "_publish", crash)
+    with pytest.raises(KeyboardInterrupt):
+        images_mod.build_cache(splits, out, partial, params(), None, 6, ["0-59", "60-99"], False)
+    assert np.load(partial / "done.npy").all()
+    monkeypatch.setattr(images_mod, "_publish", real_publish)
+    loud = dataclasses.replace(SYN, signal=0.9, noise=0.0)
+    images_mod.build_cache(
+        splits, out, partial, params(synthetic=loud), None, 6, ["0-59", "60-99"], False
+    )
+    r = splits["train"].iloc[2]
+    age = 0 if r.age_group == "0-59" else 1
+    expect = synthetic.render(r.image_id, int(r.label_idx), age, r.sex, 16, loud)
+    assert np.array_equal(ImageCache.open(out).get([r.image_id])[0], expect)
+
+
+def test_16_bit_png_is_scaled_by_bit_depth_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    path = tmp_path / "00000001_000.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")  # PIL reads it as 16-bit, as NIH-like 16-bit files are
+    got = images_mod.decode(path, 32)
+    expect = np.round(ramp / 65535.0 * 255.0)  # independent reference: linear rescale
+    assert np.abs(got.astype(float) - expect).max() <= 1
+    assert (got == 255).mean() < 0.01  # clipping would make about 99 % of the pixels white
+
+
+def test_tiny_images_warn_or_fail_by_name(tmp_path):
+    ids = ["00000001_000.png", "00000002_000.png", "00000003_000.png"]
+    write_png(tmp_path / "nih" / ids[0], 1, size=(48, 48))
+    write_png(tmp_path / "nih" / ids[1], 2, size=(12, 12))  # smaller than the 24 px cache
+    write_png(tmp_path / "nih" / ids[2], 3, size=(1, 1))
+    splits = {"train": split_rows(ids), "val": split_rows([]), "test": split_rows([])}
+    with pytest.raises(UserError) as exc:
+        images_mod.build_cache(
+            splits, tmp_path / "c", tmp_path / "p", params(size=24), tmp_path / "nih", 6,
+            ["0-59", "60-99"], False,
+        )  # fmt: skip
+    assert f"{ids[2]}: image is 1x1 px, below images.min_source_size (8)" in str(exc.value)
+    assert not (tmp_path / "c").exists()
+    man = images_mod.build_cache(
+        {"train": split_rows(ids[:2]), "val": split_rows([]), "test": split_rows([])},
+        tmp_path / "c", tmp_path / "p2", params(size=24), tmp_path / "nih", 6,
+        ["0-59", "60-99"], False,
+    )  # fmt: skip
+    assert man["warnings"] == [
+        {"image_id": ids[1], "reason": "image is 12x12 px, upsampled to the 24 px cache"}
+    ]

@@ -2,6 +2,7 @@
 torchxrayvision wheel (112,120 rows) and on small hand-made files."""
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -336,3 +337,57 @@ def test_design_from_params():
     assert design(p) == nih.Design(p.data.classes, p.data.age_bins, 50, 5, 10, 42)
     with pytest.raises(UserError, match="unknown protocol"):
         prepare(p, "nih-everything")
+
+
+# --- prepare refuses what it cannot split (no silent phantom classes or empty splits) --------
+
+
+def test_misspelled_class_is_an_error_naming_the_params_file(tmp_path, monkeypatch, capsys):
+    from fairxray import cli
+
+    classes = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumothorx"]
+    params = yaml_params(tmp_path, classes=classes)
+    other = params.rename(tmp_path / "other.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare", "--protocol", "nih6x200-clean", "--params", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "other.yaml: 'data.classes' has 'Pneumothorx', not a label of" in err
+    assert "Traceback" not in err and not (tmp_path / "data").exists()
+
+
+def test_tiny_metadata_fails_in_prepare(tmp_path, monkeypatch, capsys):
+    from fairxray import cli
+
+    classes = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumothorax"]
+    rows = [
+        f"{k:08d}_000.png,{c},0,{k},{40 + k},{'MF'[k % 2]},PA" for k, c in enumerate(classes, 1)
+    ]
+    csv = write_csv(tmp_path, rows)  # 6 rows: one image per class, nowhere near a split
+    params = yaml_params(tmp_path, metadata=str(csv))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare", "--protocol", "nih6x200-clean", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert "meta.csv: too few rows for protocol nih6x200-clean" in err
+    assert "train is empty" in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_split_manifest_has_no_absolute_path(tmp_path, monkeypatch):
+    import shutil
+
+    csv = tmp_path / "elsewhere" / "Data_Entry_2017_v2020.csv.gz"
+    csv.parent.mkdir()
+    shutil.copyfile(nih.bundled_metadata(), csv)
+    hashes = []
+    for root in ("a", "b"):  # the same project checked out in two places
+        proj = tmp_path / root
+        proj.mkdir()
+        monkeypatch.chdir(proj)
+        shutil.copyfile(csv, proj / csv.name)
+        # An absolute path, as `fairxray profile paper --metadata` writes it.
+        params = yaml_params(proj, metadata=str(proj / csv.name))
+        prepare(load_params(params), "nih6x200-clean")
+        text = (proj / "data" / "splits" / "nih6x200-clean" / "manifest.json").read_text()
+        assert str(tmp_path) not in text
+        hashes.append(hashlib.sha256(text.encode()).hexdigest())
+    assert hashes[0] == hashes[1]

@@ -113,3 +113,14 @@ def test_dvc_style_keeps_values_and_comments():
         == "a:                          # two\n- 1\n- 2\nb:\n  x: 1.0e-2\nc:                          # none\n"
     )
     assert dvc_style(out) == out
+
+
+def test_paper_profile_rejects_nonexistent_paths_at_once(work, capsys):
+    before = (work / "params.yaml").read_text()
+    (work / "w").mkdir()
+    argv = ["profile", "paper", "--images-dir", "no-nih", "--weights-dir", "w", "--metadata", "w"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no-nih: no such folder (data.images_dir)" in err
+    assert "w: no such file (data.metadata)" in err  # a folder where a file is needed
+    assert (work / "params.yaml").read_text() == before

@@ -147,20 +147,46 @@ def test_registered_onnx_model_loads_and_predicts_like_the_export(ctx):
     np.testing.assert_array_equal(ort_probs(tmp, x), ort_probs(paths.onnx("toy", "lora"), x))
 
 
+def _seed_runs(cl, exp):
+    return cl.search_runs([exp], f"tags.`{KIND}` = 'seed'")
+
+
+def test_unchanged_rerun_adds_no_run_and_no_version(ctx):
+    p, first, cl = ctx["p"], ctx["first"], ctx["cl"]
+    before = len(_seed_runs(cl, first["experiment_id"]))
+    again = track(p, "toy", "lora", tracking_uri=ctx["uri"], log=lambda _m: None)
+    assert again["seed_runs"] == first["seed_runs"]  # content hash unchanged: same run
+    assert again["registered_model"]["version"] == first["registered_model"]["version"]
+    assert len(_seed_runs(cl, first["experiment_id"])) == before
+    name = registered_name(p.mlflow.experiment, "toy", "lora")
+    assert len(cl.search_model_versions(f"name = '{name}'")) == 1
+
+
 def test_rerun_supersedes_seed_runs_and_adds_a_version(ctx):
     p, first, cl = ctx["p"], ctx["first"], ctx["cl"]
-    second = track(p, "toy", "lora", tracking_uri=ctx["uri"], log=lambda _m: None)
+    mfile = paths.metrics_dir("toy", "lora", p.seeds[0]) / "metrics.json"
+    original = mfile.read_text()
+    changed = json.loads(original)
+    changed["accuracy"] = 0.123456  # a changed result: a new run, never an edit of the old one
+    mfile.write_text(json.dumps(changed))
+    try:
+        second = track(p, "toy", "lora", tracking_uri=ctx["uri"], log=lambda _m: None)
+    finally:
+        mfile.write_text(original)
     assert second["parent_run_id"] == first["parent_run_id"]
     old, new = first["seed_runs"][str(p.seeds[0])], second["seed_runs"][str(p.seeds[0])]
     assert old != new
     assert cl.get_run(old).data.tags[CURRENT] == "false"
     assert cl.get_run(new).data.tags[CURRENT] == "true"
+    assert cl.get_run(new).data.metrics["accuracy"] == pytest.approx(0.123456)
     name = registered_name(p.mlflow.experiment, "toy", "lora")
     assert cl.get_model_version_by_alias(name, "best").run_id == new
     assert (
         int(second["registered_model"]["version"]) == int(first["registered_model"]["version"]) + 1
     )
     assert json.loads(tracked_file("toy", "lora").read_text()) == second
+    # Later tests of this module read the shared store: track the restored results again.
+    track(p, "toy", "lora", tracking_uri=ctx["uri"], log=lambda _m: None)
 
 
 # -- what the UI shows first (fairxray.track.headline) ----------------------------------------
@@ -249,3 +275,67 @@ def test_a_pruned_trial_is_finished_and_tagged(ctx):
     assert run.info.status == "FINISHED"
     assert run.data.tags[h.PRUNED] == "true" and run.data.tags["fairxray.trial_state"] == "pruned"
     assert run.info.run_name == "trial-99 (pruned)"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_runs_left_running_by_a_dead_process_are_closed_as_killed(ctx):
+    import socket
+
+    from fairxray.track.lifecycle import CLOSED, OWNER
+    from fairxray.track.runs import METHOD, MODEL
+
+    cl, first = ctx["cl"], ctx["first"]
+    exp = first["experiment_id"]
+    base = {MODEL: "toy", METHOD: "lora", KIND: "seed"}
+    dead = cl.create_run(exp, tags={**base, OWNER: f"{socket.gethostname()}:{_dead_pid()}"})
+    alive = cl.create_run(exp, tags={**base, OWNER: f"{socket.gethostname()}:{os.getpid()}"})
+    elsewhere = cl.create_run(exp, tags={**base, OWNER: "another-host:1"})
+    other_pair = cl.create_run(exp, tags={MODEL: "toy", METHOD: "mlp", OWNER: "x:1"})
+    track(ctx["p"], "toy", "lora", tracking_uri=ctx["uri"], log=lambda _m: None)
+    status = {r.info.run_id: cl.get_run(r.info.run_id).info.status
+              for r in (dead, alive, elsewhere, other_pair)}  # fmt: skip
+    assert status[dead.info.run_id] == "KILLED"
+    assert CLOSED in cl.get_run(dead.info.run_id).data.tags
+    # A live process, another host and another pair's run are left alone.
+    assert status[alive.info.run_id] == status[elsewhere.info.run_id] == "RUNNING"
+    assert status[other_pair.info.run_id] == "RUNNING"
+    for r in (alive, elsewhere, other_pair):
+        cl.delete_run(r.info.run_id)
+
+
+def test_finished_trials_mlflow_lacks_are_logged_on_resync(ctx):
+    import socket
+
+    from fairxray.track.lifecycle import OWNER
+    from fairxray.tune import make_storage, storage_url
+
+    cl, p, first = ctx["cl"], ctx["p"], ctx["first"]
+    exp = first["experiment_id"]
+    name = ctx["tuned"]["study"]["name"]
+
+    def trial_runs():
+        runs = cl.search_runs([exp], f"tags.`{KIND}` = 'trial' and tags.`fairxray.study` = '{name}'")
+        return {int(r.data.tags["fairxray.trial"]): r for r in runs}
+
+    runs = trial_runs()
+    numbers = sorted(runs)
+    assert len(numbers) == 2
+    cl.delete_run(runs[numbers[0]].info.run_id)  # lost: a kill before the run was created
+    # A kill during the logging of the other: its run left RUNNING by a process now dead.
+    cl.set_terminated(runs[numbers[1]].info.run_id, "RUNNING")
+    cl.set_tag(runs[numbers[1]].info.run_id, OWNER, f"{socket.gethostname()}:{_dead_pid()}")
+    logger = TrialLogger(ctx["uri"], p, "toy", "lora", log=lambda _m: None)
+    relogged = logger.resync(name, make_storage(storage_url(p.tune, None)))
+    assert relogged == numbers
+    now = [r for r in cl.search_runs([exp], f"tags.`{KIND}` = 'trial' and tags.`fairxray.study` = '{name}'")
+           if r.info.status != "RUNNING" and "fairxray.closed" not in r.data.tags]  # fmt: skip
+    assert sorted(int(r.data.tags["fairxray.trial"]) for r in now) == numbers
+    assert logger.resync(name, make_storage(storage_url(p.tune, None))) == []  # nothing twice

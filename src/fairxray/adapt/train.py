@@ -178,7 +178,7 @@ def _job(p: Params, model_name: str, method: str, seeds, device: str | None, log
 
     meth = adapt.get_method(method)
     adapt.check_grid([model_name], [method])
-    check_train_params(p.train, "params.yaml")
+    check_train_params(p.train, p.source)
     hp, hp_source = resolve_train_params(p.train, paths.tuned(model_name, method))
     if device:
         hp = dataclasses.replace(hp, device=device)

@@ -221,7 +221,7 @@ def split_params(p: Params) -> dict:
         "age_bins": list(p.data.age_bins),
         "seed": p.data.seed,
         "race": dataclasses.asdict(p.data.race) if p.data.race else None,
-        "chexpert": dataclasses.asdict(_params(p)),
+        "chexpert": tables.portable_fields(dataclasses.asdict(_params(p)), ('root', 'demo_table')),
     }
 
 

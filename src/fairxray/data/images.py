@@ -13,6 +13,8 @@ Demo mode renders :mod:`fairxray.data.synthetic` images for exactly the split ro
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -52,12 +54,33 @@ def find_pngs(images_dir: Path) -> dict[str, Path]:
     return found
 
 
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Grayscale ``L`` by the image's bit depth: a 16-bit PNG (PIL mode ``I;16``/``I``) is scaled
+    by 255 / 65535, not clipped at 255 as ``convert("L")`` would (that turns almost every pixel
+    white); 8-bit, palette, RGB(A) and 1-bit images take PIL's own conversion."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise ValueError(f"integer pixels outside 0-65535 (mode {im.mode})")
+        return Image.fromarray(np.round(arr * (255.0 / 65535.0)).astype(np.uint8), "L")
+    if im.mode == "F":
+        raise ValueError("floating-point PNG pixels are not a supported X-ray format")
+    return im.convert("L")
+
+
 def decode(path: Path, size: int) -> np.ndarray:
-    """One PNG -> uint8 ``[size, size]``: grayscale, zero-padded to a square (no anatomy cropped,
-    aspect kept; NIH images are square already), resized with antialiasing."""
+    """One PNG -> uint8 ``[size, size]``: grayscale by bit depth (see :func:`_to_8bit`),
+    zero-padded to a square (no anatomy cropped, aspect kept; NIH images are square already),
+    resized with antialiasing."""
+    return decode_with_size(path, size)[0]
+
+
+def decode_with_size(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`decode` and the source image's ``(width, height)``."""
     with Image.open(path) as im:
         im.load()
-        im = im.convert("L")
+        im = _to_8bit(im)
+    source = im.size
     w, h = im.size
     if w != h:
         side = max(w, h)
@@ -72,19 +95,29 @@ def decode(path: Path, size: int) -> np.ndarray:
         im = im.reduce(factor)
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(im, dtype=np.uint8)
+    return np.asarray(im, dtype=np.uint8), source
 
 
 def _decode_chunk(
-    args: tuple[list[tuple[int, str]], int],
-) -> list[tuple[int, np.ndarray | None, str]]:
-    items, size = args
+    args: tuple[list[tuple[int, str]], int, int],
+) -> list[tuple[int, np.ndarray | None, str, str]]:
+    """(row, pixels or None, problem, warning) per item: a source image whose shorter side is
+    below ``min_side`` is a problem; one smaller than the cache (upsampled) is a warning."""
+    items, size, min_side = args
     out = []
     for row, path in items:
         try:
-            out.append((row, decode(Path(path), size), ""))
+            arr, (w, h) = decode_with_size(Path(path), size)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            out.append((row, None, f"corrupt or unreadable PNG ({type(exc).__name__}: {exc})"))
+            out.append((row, None, f"corrupt or unreadable PNG ({type(exc).__name__}: {exc})", ""))
+            continue
+        if min(w, h) < min_side:
+            why = f"image is {w}x{h} px, below images.min_source_size ({min_side})"
+            out.append((row, None, why, ""))
+        elif max(w, h) < size:
+            out.append((row, arr, "", f"image is {w}x{h} px, upsampled to the {size} px cache"))
+        else:
+            out.append((row, arr, "", ""))
     return out
 
 
@@ -97,9 +130,9 @@ def needed_images(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
 class _Partial:
     """Resumable work area: a pixel memmap, a done-mask and the id list they belong to."""
 
-    def __init__(self, path: Path, ids: list[str], size: int, source: str):
+    def __init__(self, path: Path, ids: list[str], size: int, key: dict):
         self.path = path
-        key = {"ids": ids, "size": size, "source": source}
+        key = {"ids": ids, "size": size, **key}
         meta = path / "work.json"
         fresh = not meta.exists() or json.loads(meta.read_text()) != key
         if fresh:
@@ -132,8 +165,11 @@ def build_cache(
     todo = needed_images(splits)
     ids = todo["image_id"].astype(str).tolist()
     source = "synthetic" if images_dir is None else "nih"
-    work = _Partial(partial_dir, ids, params.size, source)
+    files = {} if images_dir is None else find_pngs(Path(images_dir))
+    key = resume_key(todo, images_dir, files, params, n_classes, age_groups)
+    work = _Partial(partial_dir, ids, params.size, key)
     problems: list[Problem] = []
+    notes: list[Problem] = []
     if images_dir is None:
         age_index = {g: i for i, g in enumerate(age_groups)}
         for i, r in enumerate(
@@ -152,7 +188,7 @@ def build_cache(
                 work.done[i] = True
         work.commit()
     else:
-        problems = _decode_all(ids, work, Path(images_dir), params, progress)
+        problems, notes = _decode_all(ids, work, Path(images_dir), files, params, progress)
 
     bad = {p.image_id for p in problems}
     if problems and params.on_error == "fail":
@@ -169,16 +205,60 @@ def build_cache(
             )
         )
     keep = [i for i, v in enumerate(ids) if v not in bad]
-    return _publish(work, ids, keep, out_dir, params, source, problems, splits)
+    manifest = _publish(work, ids, keep, out_dir, params, source, problems, splits, notes)
+    return manifest
+
+
+def resume_key(
+    todo: pd.DataFrame,
+    images_dir: Path | None,
+    files: dict[str, Path],
+    params: ImagesParams,
+    n_classes: int,
+    age_groups: list[str],
+) -> dict:
+    """What the pixels of an interrupted build depend on: the work area is reused only when all
+    of it is unchanged. Real images: the folder and each needed file's path, size and mtime
+    (a replaced file changes one of them). Synthetic: the synthetic params, the class count, the
+    age groups and each row's label, age group and sex (what :func:`synthetic.render` reads)."""
+    h = hashlib.sha256()
+    if images_dir is None:
+        h.update(json.dumps(dataclasses.asdict(params.synthetic), sort_keys=True).encode())
+        h.update(json.dumps([n_classes, list(age_groups)]).encode())
+        for r in todo.itertuples():
+            h.update(f"{r.image_id}|{int(r.label_idx)}|{r.age_group}|{r.sex}\n".encode())
+        return {"source": "synthetic", "inputs_sha256": h.hexdigest()}
+    for v in todo["image_id"].astype(str):
+        f = files.get(v)
+        if f is None:
+            h.update(f"{v}|absent\n".encode())
+        else:
+            st = f.stat()
+            h.update(f"{v}|{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return {
+        "source": "nih",
+        "images_dir": str(Path(images_dir).resolve()),
+        "min_source_size": params.min_source_size,
+        "inputs_sha256": h.hexdigest(),
+    }
 
 
 def _decode_all(
-    ids: list[str], work: _Partial, images_dir: Path, params: ImagesParams, progress: bool
-) -> list[Problem]:
-    files = find_pngs(images_dir)
+    ids: list[str],
+    work: _Partial,
+    images_dir: Path,
+    files: dict[str, Path],
+    params: ImagesParams,
+    progress: bool,
+) -> tuple[list[Problem], list[Problem]]:
+    """Decode every pending file; returns (problems, warnings), each sorted by image id."""
     problems = [Problem(v, f"file not found under {images_dir}") for v in ids if v not in files]
+    notes: list[Problem] = []
     pending = [(i, str(files[v])) for i, v in enumerate(ids) if v in files and not work.done[i]]
-    chunks = [(pending[k : k + CHUNK], params.size) for k in range(0, len(pending), CHUNK)]
+    chunks = [
+        (pending[k : k + CHUNK], params.size, params.min_source_size)
+        for k in range(0, len(pending), CHUNK)
+    ]
     workers = params.workers or os.cpu_count() or 1
     bar = tqdm(total=len(ids), initial=len(ids) - len(pending), disable=not progress, desc="decode")
     results: Iterable
@@ -190,23 +270,25 @@ def _decode_all(
         results = pool.map(_decode_chunk, chunks)
     try:
         for chunk in results:
-            for row, arr, reason in chunk:
+            for row, arr, reason, warning in chunk:
                 if arr is None:
                     problems.append(Problem(ids[row], reason))
                 else:
                     work.pixels[row] = arr
                     work.done[row] = True
+                if warning:
+                    notes.append(Problem(ids[row], warning))
             work.commit()
             bar.update(len(chunk))
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return sorted(problems, key=lambda p: p.image_id)
+    return sorted(problems, key=lambda p: p.image_id), sorted(notes, key=lambda p: p.image_id)
 
 
 def _publish(
-    work: _Partial, ids, keep, out_dir: Path, params: ImagesParams, source, problems, splits
+    work: _Partial, ids, keep, out_dir: Path, params: ImagesParams, source, problems, splits, notes
 ) -> dict:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -226,6 +308,7 @@ def _publish(
         "images": len(keep),
         "rows_per_split": {k: int(len(v)) for k, v in splits.items()},
         "skipped": [{"image_id": p.image_id, "reason": p.reason} for p in problems],
+        "warnings": [{"image_id": p.image_id, "reason": p.reason} for p in notes],
         "resize": "pad to square with black, box-filter reduce by the integer factor, then bilinear",
     }
     if source == "synthetic":

@@ -309,7 +309,7 @@ def split_params(p: Params) -> dict:
     return {
         "age_bins": list(p.data.age_bins),
         "race": dataclasses.asdict(p.data.race) if p.data.race else None,
-        "mimic": dataclasses.asdict(_params(p)),
+        "mimic": tables.portable_fields(dataclasses.asdict(_params(p)), ('root', 'mimic_iv_dir')),
     }
 
 

@@ -15,6 +15,7 @@ from fairxray import paths
 from fairxray.config import Params
 from fairxray.data import chexpert, mimic, nih  # noqa: F401  (chexpert, mimic register)
 from fairxray.data.registry import DatasetSpec, Loaded, for_protocol, register
+from fairxray.data.tables import portable_path
 from fairxray.errors import UserError
 from fairxray.hashing import sha256_file
 
@@ -30,6 +31,10 @@ SPLIT_PARAMS = (
     "seed",
     "official_val_fraction",
 )
+
+
+# How the manifest names torchxrayvision's copy of the metadata (never its install path).
+BUNDLED = "torchxrayvision:data/Data_Entry_2017_v2020.csv.gz"
 
 
 def design(p: Params) -> nih.Design:
@@ -66,6 +71,47 @@ def make_splits(
     return splits, extra
 
 
+def check_classes(p: Params, meta: pd.DataFrame, source: Path) -> None:
+    """Every ``data.classes`` entry must be a label that occurs in the metadata: a misspelled
+    class would otherwise become a phantom, empty class."""
+    present = set(meta["labels"].str.split("|").explode())
+    unknown = [c for c in p.data.classes if c not in present]
+    if unknown:
+        known = ", ".join(sorted(present - {nih.NO_FINDING}))
+        raise UserError(
+            f"{p.source}: 'data.classes' has {', '.join(repr(c) for c in unknown)}, not a label of "
+            f"{source} (its labels: {known})"
+        )
+
+
+MIN_PER_CLASS = 1  # rows of each class every split of a 6x200 protocol must hold
+
+
+def check_splits(p: Params, protocol: str, splits: dict[str, pd.DataFrame], source: Path) -> None:
+    """Every split must have rows, and train and val every class (test too in the 6x200
+    designs): a too-small metadata file fails here, not in a later stage."""
+    problems = [f"{name} is empty" for name, df in splits.items() if df.empty]
+    if protocol != "nih-official":
+        for name, df in splits.items():
+            counts = df["label"].value_counts() if not df.empty else pd.Series(dtype=int)
+            short = [c for c in p.data.classes if counts.get(c, 0) < MIN_PER_CLASS]
+            if short and not df.empty:
+                problems.append(f"{name} has no row of {', '.join(short)}")
+    else:
+        for name in ("train", "val"):
+            df = splits[name]
+            absent = [c for c in nih.NIH_LABELS if not df.empty and df[f"y_{c}"].sum() == 0]
+            if absent:
+                problems.append(f"{name} has no positive of {', '.join(absent)}")
+    if problems:
+        rows = {k: len(v) for k, v in splits.items()}
+        raise UserError(
+            f"{source}: too few rows for protocol {protocol} (rows {rows}): "
+            + "; ".join(problems)
+            + " (a metadata file this small cannot be split; check data.metadata)"
+        )
+
+
 def prepare(p: Params, protocol: str, out_dir: Path | None = None) -> dict:
     """Validate the metadata, build the protocol's splits, write them atomically; return the manifest."""
     out_dir = out_dir or paths.splits(protocol)
@@ -97,11 +143,25 @@ def prepare(p: Params, protocol: str, out_dir: Path | None = None) -> dict:
 def _read_nih(p: Params) -> Loaded:
     source = nih.metadata_path(p.data.metadata)
     meta = nih.read_metadata(source)
-    return Loaded(meta, {"path": str(source), "sha256": sha256_file(source), "rows": len(meta)})
+    where = portable_path(source) if p.data.metadata is not None else BUNDLED
+    return Loaded(meta, {"path": where, "sha256": sha256_file(source), "rows": len(meta)})
+
+
+def _nih_splits(p: Params, protocol: str, meta: pd.DataFrame):
+    """NIH's splits, validated: known classes, and enough rows of each in every split."""
+    source = nih.metadata_path(p.data.metadata)
+    if protocol != "nih-official":
+        check_classes(p, meta, source)
+    splits, extra = make_splits(p, protocol, meta)
+    check_splits(p, protocol, splits, source)
+    return splits, extra
 
 
 def _nih_split_params(p: Params) -> dict:
-    return {k: v for k, v in dataclasses.asdict(p.data).items() if k in SPLIT_PARAMS}
+    split_params = {k: v for k, v in dataclasses.asdict(p.data).items() if k in SPLIT_PARAMS}
+    for key in ("metadata", "official_lists_dir"):
+        split_params[key] = portable_path(split_params[key])
+    return split_params
 
 
 NIH = register(
@@ -111,7 +171,7 @@ NIH = register(
         sensitive=("age_group", "sex"),
         labels=nih.NIH_LABELS,
         read=_read_nih,
-        make_splits=make_splits,
+        make_splits=_nih_splits,
         split_params=_nih_split_params,
         cells=nih.cell_counts,
     )

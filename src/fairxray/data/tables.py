@@ -222,5 +222,20 @@ def group_counts(splits: dict[str, pd.DataFrame], columns: Sequence[str]) -> lis
     return rows
 
 
+def portable_path(path: str | Path | None) -> str | None:
+    """A path as identity may record it: relative to the working directory when inside it, else
+    its file name only. A moved or re-cloned project gives the same manifest (and so the same
+    data hash); the content is identified by its sha256 beside it."""
+    if path is None:
+        return None
+    path, here = Path(path).resolve(), Path.cwd().resolve()
+    return path.relative_to(here).as_posix() if path.is_relative_to(here) else path.name
+
+
 def file_record(path: Path, rows: int) -> dict:
-    return {"path": str(path), "sha256": sha256_file(path), "rows": int(rows)}
+    return {"path": portable_path(path), "sha256": sha256_file(path), "rows": int(rows)}
+
+
+def portable_fields(record: dict, keys) -> dict:
+    """``record`` with the path-valued ``keys`` made portable (see :func:`portable_path`)."""
+    return {k: (portable_path(v) if k in keys and v is not None else v) for k, v in record.items()}

@@ -170,7 +170,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, e: ExportP
     import onnx
 
     if e.exporter not in EXPORTERS:
-        raise UserError(f"params.yaml: 'export.exporter' must be one of {EXPORTERS}")
+        raise UserError(f"'export.exporter' must be one of {EXPORTERS}, got {e.exporter!r}")
     names = {"input_names": [INPUT], "output_names": [OUTPUT], "opset_version": e.opset}
     if e.exporter == "dynamo":
         batch = torch.export.Dim("batch", min=1, max=65536)
@@ -193,7 +193,39 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, e: ExportP
             dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
             **names,
         )
+    strip_source_info(path)
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def strip_source_info(path: Path) -> None:
+    """Drop the exporters' debug records from ``path`` in place: node doc strings and metadata
+    (stack traces and FX node names carry this machine's source file paths, so the same model
+    exported from two checkouts would differ). The graph itself is unchanged."""
+    import onnx
+
+    model = onnx.load(str(path))
+
+    def clean(graph) -> None:
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    clean(attr.g)
+                for g in attr.graphs:
+                    clean(g)
+        graph.doc_string = ""
+        del graph.metadata_props[:]
+
+    clean(model.graph)
+    for fn in model.functions:
+        fn.doc_string = ""
+        del fn.metadata_props[:]
+        for node in fn.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+    model.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def ort_probs(path: Path, x: np.ndarray) -> np.ndarray:
@@ -278,7 +310,7 @@ def export(p: Params, model: str, method: str, log: Callable[[str], None] = prin
     when parity holds) and return the report."""
     e = p.export
     if e.parity_images < 2:
-        raise UserError("params.yaml: 'export.parity_images' must be at least 2")
+        raise UserError(f"{p.source}: 'export.parity_images' must be at least 2")
     classes = list(p.data.classes)
     seed, why = choose_seed(model, method, list(p.seeds))
     module, info = build_probs_model(model, method, seed, classes)

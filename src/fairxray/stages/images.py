@@ -39,4 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     for s in manifest["skipped"]:
         print(f"images {args.protocol}: skipped {s['image_id']}: {s['reason']}", file=sys.stderr)
+    for w in manifest["warnings"]:
+        print(f"images {args.protocol}: warning: {w['image_id']}: {w['reason']}", file=sys.stderr)
     return 0

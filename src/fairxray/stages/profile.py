@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fairxray.profiles import apply_profile
+from fairxray.profiles import apply_profile, path_sets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,15 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metadata", help="NIH Data_Entry_2017_v2020.csv (sets data.metadata)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
-    sets = {
-        key: str(Path(value).resolve())
-        for key, value in (
-            ("data.images_dir", args.images_dir),
-            ("data.weights_dir", args.weights_dir),
-            ("data.metadata", args.metadata),
-        )
-        if value
-    }
+    sets = path_sets(
+        {
+            "data.images_dir": args.images_dir,
+            "data.weights_dir": args.weights_dir,
+            "data.metadata": args.metadata,
+        }
+    )
     apply_profile(args.name, Path(args.params), sets)
     print(f"profile {args.name}: applied profiles/{args.name}.yaml to {args.params}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from fairxray.check import require_valid
 from fairxray.config import load_params
 
 
@@ -22,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     p = load_params(args.params)
+    require_valid(p)  # before a study or a model folder exists
     from fairxray.adapt.train import train
 
     train(p, args.model, args.method, args.seeds or list(p.seeds), args.device)

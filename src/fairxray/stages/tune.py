@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         "--worker",
         type=int,
         default=0,
-        help="worker number in a shared study (each worker gets its own sampler seed)",
+        help="worker label in a shared study (sampler seeds come from trial numbers, so workers never need distinct labels)",
     )
     ap.add_argument("--n-trials", type=int, help="finished trials to reach (default tune.n_trials)")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default mlflow.tracking_uri)")
@@ -34,9 +34,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from fairxray import adapt  # after parsing: torch makes --help take seconds
-    from fairxray.tune import search_space, tune
+    from fairxray.check import require_valid
+    from fairxray.tune import make_storage, search_space, storage_url, tune
 
     p = load_params(args.params)
+    require_valid(p)  # before a study or a model folder exists
     callbacks = []
     trains = adapt.get_method(args.method).build is not None
     if trains and search_space(p.tune, args.method) and not args.no_mlflow:
@@ -44,13 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
         uri = args.tracking_uri or p.mlflow.tracking_uri
         callbacks.append(TrialLogger(uri, p, args.model, args.method))
-    tune(
-        p,
-        args.model,
-        args.method,
-        storage=args.storage,
-        worker=args.worker,
-        n_trials=args.n_trials,
-        callbacks=callbacks,
-    )
+    run = {"storage": args.storage, "worker": args.worker, "n_trials": args.n_trials}
+    content = tune(p, args.model, args.method, callbacks=callbacks, **run)
+    if callbacks and "study" in content:  # the study is the record: MLflow gets what it lacks
+        storage = make_storage(storage_url(p.tune, args.storage))
+        callbacks[0].resync(content["study"]["name"], storage)
     return 0

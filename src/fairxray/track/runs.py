@@ -8,10 +8,12 @@ The DVC outputs are the record; MLflow is a browsable view of them. Backend: SQL
 and its artifact store. MLflow is imported lazily: importing it costs seconds.
 
 Run identity. The parent run of a pair is found by its tags (kind ``pair``, model, method), so
-``tune`` and ``track`` share it. ``track`` creates fresh seed runs each time it runs (MLflow
-params are immutable, so a changed run cannot be updated in place) and marks the pair's earlier
-seed runs ``fairxray.current=false``; the registry gets a new version of the pair's model with
-the alias ``best``.
+``tune`` and ``track`` share it. A seed run is identified by the content hash of what it logs
+(:mod:`fairxray.track.lifecycle`): ``track`` reuses a FINISHED run with the same hash, and adds a
+run only for changed content (MLflow params are immutable, so a changed run cannot be updated in
+place), marking the pair's earlier seed runs ``fairxray.current=false``; only then does the
+registry get a new version of the pair's model with the alias ``best``. Runs a dead process left
+RUNNING are closed as KILLED by the next ``tune`` or ``track`` of the pair.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from fairxray import paths
 from fairxray.config import Params
 from fairxray.errors import UserError
-from fairxray.track import headline
+from fairxray.track import headline, lifecycle
 
 TRACKED = Path("tracked")
 ARTIFACTS = "artifacts"
@@ -146,6 +148,7 @@ def common_tags(p: Params, model: str, method: str, stage: str) -> dict[str, str
         **headline.dvc_tags(),
         **headline.tune_tags(p.tune),
         "fairxray.params_sha256": headline.params_sha256(),
+        **lifecycle.owner_tags(),
     }
     if "git_dirty" in git:
         tags["fairxray.git_dirty"] = git["git_dirty"]
@@ -163,6 +166,8 @@ def pair_run(cl, exp_id: str, p: Params, model: str, method: str) -> str:
     key.pop(headline.DVC_BASELINE, None)
     found = cl.search_runs([exp_id], _filter(key), max_results=1, order_by=["start_time ASC"])
     if found:
+        if found[0].info.status == "RUNNING":  # its creator was killed before closing it
+            cl.set_terminated(found[0].info.run_id, "FINISHED")
         return found[0].info.run_id
     tags = {**key, "fairxray.profile": p.profile, "fairxray.protocol": p.data.protocol}
     run = cl.create_run(exp_id, tags=tags, run_name=f"{model}/{method}")
@@ -231,6 +236,18 @@ class TrialLogger:
         self.exp = experiment_id(self.cl, p.mlflow.experiment, self.uri, p.profile)
         self.parent = pair_run(self.cl, self.exp, p, self.model, self.method)
         self.tags = common_tags(p, self.model, self.method, "tune")
+        identity = {MODEL: self.model, METHOD: self.method}
+        lifecycle.close_dead_runs(self.cl, self.exp, identity, lambda m: self.log(f"tune: {m}"))
+
+    def resync(self, study_name: str, storage) -> list[int]:
+        """Log every finished trial of the study that MLflow lacks (the study is the record; a
+        kill during logging loses only the MLflow view); returns their numbers."""
+        import optuna
+
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        if self.cl is None:
+            self._connect()
+        return lifecycle.resync_trials(self, study, {KIND: "trial", STUDY: study_name}, TRIAL)
 
     def __call__(self, study, trial) -> None:
         try:
@@ -380,36 +397,53 @@ def track(
     report_path = paths.onnx(model, method).with_name("onnx.json")
     report = _read_json(report_path)
 
+    lifecycle.close_dead_runs(cl, exp, {MODEL: model, METHOD: method}, lambda m: log(f"track: {m}"))
+    onnx_seed = report.get("seed")
+    exported = bool(report.get("exported")) and onnx_seed in inputs
+    onnx_files = [report_path.with_name("model.onnx"), report_path] if exported else []
+    sha = {
+        seed: lifecycle.content_sha256(inp, onnx_files if seed == onnx_seed else ())
+        for seed, inp in inputs.items()
+    }
+    reused = {
+        seed: run
+        for seed in inputs
+        if (run := lifecycle.finished_run(cl, exp, _seed_key(model, method, seed), sha[seed]))
+    }
     old = cl.search_runs(
         [exp], _filter({KIND: "seed", MODEL: model, METHOD: method, CURRENT: "true"})
     )
     for r in old:
-        cl.set_tag(r.info.run_id, CURRENT, "false")
+        if r.info.run_id not in {run.info.run_id for run in reused.values()}:
+            cl.set_tag(r.info.run_id, CURRENT, "false")
 
     for tuned in (paths.tuned(model, method), paths.tuned_study(model, method)):
         if tuned.exists():
             cl.log_artifact(parent, str(tuned), "tuned")
 
     now = int(time.time() * 1000)
-    runs = {
-        seed: _seed_run(cl, exp, parent, tags, model, method, seed, inp, now, log)
-        for seed, inp in inputs.items()
-    }
+    runs = {seed: run.info.run_id for seed, run in reused.items()}
+    for seed, inp in inputs.items():
+        if seed not in reused:
+            seed_tags = {**tags, lifecycle.CONTENT: sha[seed]}
+            runs[seed] = _seed_run(cl, exp, parent, seed_tags, model, method, seed, inp, now, log)
+    if reused:
+        log(f"track: {model}/{method}: {len(reused)} seed run(s) unchanged, reused")
 
     registered = None
-    onnx_seed = report.get("seed")
-    if report.get("exported") and onnx_seed in runs:
-        registered = _log_onnx(cl, runs[onnx_seed], report, report_path, p, model, method)
-        log(
-            f"track: ONNX of seed {onnx_seed} logged and registered as "
-            f"{registered['name']} version {registered['version']} (alias best)"
+    if exported:
+        registered = _register(
+            cl, runs[onnx_seed], reused.get(onnx_seed), report, report_path, p, model, method, log
         )
     elif not report.get("exported"):
         log(f"track: {report_path}: no ONNX model ({report.get('reason')}); nothing registered")
-    for rid in runs.values():
-        cl.set_terminated(rid, "FINISHED")
+    for seed, rid in runs.items():
+        cl.set_tag(rid, CURRENT, "true")
+        if seed not in reused:
+            cl.set_terminated(rid, "FINISHED")
     cl.set_tag(parent, "fairxray.best_run", runs.get(onnx_seed, ""))
     _log_parent(cl, parent, tags, inputs, now)
+    runs = dict(sorted(runs.items()))
 
     content = {
         "tracking_uri": _redact_uri(uri),
@@ -422,6 +456,25 @@ def track(
     }
     _write_json(tracked_file(model, method), content)
     return content
+
+
+def _register(cl, run_id, reused, report, report_path, p, model, method, log) -> dict:
+    """Log and register the ONNX model on the exported seed's run, unless that run was reused
+    and its registry version still exists; the alias ``best`` points at the version."""
+    registered = lifecycle.registered_from_tag(cl, reused) if reused is not None else None
+    if registered is None:
+        registered = _log_onnx(cl, run_id, report, report_path, p, model, method)
+        cl.set_tag(run_id, lifecycle.REGISTERED, f"{registered['name']}:{registered['version']}")
+        log(
+            f"track: ONNX of seed {report.get('seed')} logged and registered as "
+            f"{registered['name']} version {registered['version']} (alias best)"
+        )
+    cl.set_registered_model_alias(registered["name"], "best", registered["version"])
+    return registered
+
+
+def _seed_key(model: str, method: str, seed: int) -> dict[str, str]:
+    return {KIND: "seed", MODEL: model, METHOD: method, SEED: str(seed)}
 
 
 def _seed_run(cl, exp, parent, tags, model, method, seed, inp, now, log) -> str:

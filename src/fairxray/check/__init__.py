@@ -1,0 +1,129 @@
+"""`check`: validate everything in ``params.yaml`` before any other stage does work.
+
+The first DVC stage. It depends on the whole params file, so an unknown key anywhere (also at the
+top level, which no other stage reads) makes it rerun and fail; every other stage depends on its
+output, so DVC stops before it removes any stage's cached outputs. What it checks, in order:
+
+- the typed loader (:func:`fairxray.config.load_params`): unknown and missing keys, types, ranges
+  and safe names (the names go into stage commands and paths);
+- model names against the model registry and method names against the method registry;
+- the train and tune sections (the checks ``fit`` and the study apply) and every search space;
+- in the paper profile, the full preflight of the real inputs
+  (:func:`fairxray.reproduce.checks.preflight`): every needed image, the metadata checksum and every
+  model's weights, all problems in one message.
+
+Its output ``check/params.json`` lists what was checked; it holds no hash of the params, so a
+change that passes leaves it byte-identical and DVC reruns only the stages that read the change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fairxray.config import Params, load_params
+from fairxray.errors import UserError
+
+OUTPUT = Path("check") / "params.json"
+
+
+def check_names(p: Params) -> list[str]:
+    """Problems with ``models`` and ``methods`` against their registries (all of them)."""
+    from fairxray.adapt.registry import list_methods
+    from fairxray.models.registry import list_models
+
+    problems = []
+    for key, names, known in (
+        ("models", p.models, list_models()),
+        ("methods", p.methods, list_methods()),
+    ):
+        for i, name in enumerate(names):
+            if name not in known:
+                problems.append(
+                    f"'{key}[{i}]' {name!r} is not registered (known: {', '.join(known)})"
+                )
+    return problems
+
+
+def check_sections(p: Params) -> list[str]:
+    """Problems with the train and tune sections and each method's search space."""
+    from fairxray.adapt.fit.settings import check_train_params
+    from fairxray.tune.space import check_tune_params, search_space
+
+    problems = []
+    for check in (
+        lambda: check_train_params(p.train, p.source),
+        lambda: check_tune_params(p.tune, p.source),
+        *(lambda m=m: search_space(p.tune, m, p.source) for m in p.methods),
+    ):
+        try:
+            check()
+        except UserError as exc:
+            problems.append(str(exc).removeprefix(f"{p.source}: "))
+    from fairxray.adapt.registry import list_methods
+
+    unknown = sorted(set(p.tune.space) - set(list_methods()))
+    problems += [f"'tune.space.{m}' is not a method" for m in unknown]
+    return problems
+
+
+def check_real_inputs(p: Params) -> tuple[list[str], list[str]]:
+    """The paper profile's preflight: (problems, warnings). The demo has no real inputs."""
+    if p.is_demo:
+        return [], []
+    from fairxray.reproduce.checks import preflight
+
+    d = p.data
+    result = preflight(
+        p,
+        Path("."),
+        images_dir=Path(d.images_dir) if d.images_dir else None,
+        weights_dir=Path(d.weights_dir) if d.weights_dir else None,
+        metadata=Path(d.metadata) if d.metadata else None,
+        allow_cpu=p.train.device != "cuda",
+    )
+    return result.problems, result.warnings
+
+
+def require_valid(p: Params) -> None:
+    """The name and section checks of :func:`check` for a stage run on its own (outside
+    ``dvc repro``): one numbered :class:`UserError` before the stage creates anything."""
+    problems = check_names(p) + check_sections(p)
+    if problems:
+        raise UserError(_message(p, problems))
+
+
+def _message(p: Params, problems: list[str]) -> str:
+    lines = [f"{p.source}: {len(problems)} problem(s) found before any work was started:"]
+    return "\n".join(lines + [f"  {i}. {msg}" for i, msg in enumerate(problems, 1)])
+
+
+def check(params_path: str | Path = "params.yaml", out: Path = OUTPUT) -> dict:
+    """Validate ``params_path``; raise one :class:`UserError` listing every problem (numbered,
+    naming the file), else write ``out`` and return its content."""
+    out.unlink(missing_ok=True)  # no stale pass survives a failed check
+    p = load_params(params_path)  # a ConfigError here is already one line naming the file
+    problems = check_names(p) + check_sections(p)
+    warnings: list[str] = []
+    if not problems:  # the preflight reads the metadata and the weights: only on sane params
+        real, warnings = check_real_inputs(p)
+        problems += real
+    if problems:
+        raise UserError(_message(p, problems))
+    content = {
+        "ok": True,
+        "profile": p.profile,
+        "checked": [
+            "keys, types and ranges",
+            "model and method names",
+            "train, tune and search spaces",
+        ]
+        + (["real inputs: images, metadata checksum, weights"] if not p.is_demo else []),
+        "warnings": warnings,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, out)
+    return content
