@@ -157,7 +157,7 @@ class MitigateParams:
 
     methods: tuple[str, ...]  # trainable methods the mitigations are applied to
     attribute: str  # the sensitive column (one of metrics.sensitive) the mitigations act on
-    threshold_constraint: str  # group_threshold, two classes: fairlearn ThresholdOptimizer constraint
+    threshold_constraint: str  # group_threshold, two classes: fairlearn's constraint
 
 
 @dataclass(frozen=True)

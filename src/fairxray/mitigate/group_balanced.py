@@ -14,7 +14,9 @@ import torch
 from fairxray.mitigate.registry import Mitigation, TrainHook, register
 
 
-def cell_weights(groups: np.ndarray, labels: np.ndarray, n_groups: int, n_classes: int) -> np.ndarray:
+def cell_weights(
+    groups: np.ndarray, labels: np.ndarray, n_groups: int, n_classes: int
+) -> np.ndarray:
     """``[n_groups, n_classes]`` weight of one row of each cell (0 for empty cells)."""
     counts = np.zeros((n_groups, n_classes))
     np.add.at(counts, (np.asarray(groups), np.asarray(labels)), 1)

@@ -118,15 +118,22 @@ def postprocess(val_probs, val_labels, val_groups, test_probs, test_groups, sett
     val_labels = np.asarray(val_labels, dtype=np.int64)
     if val_probs.shape[1] == 2:
         to = binary_rule(val_probs, val_labels, val_groups, settings.threshold_constraint)
-        new = [to._pmf_predict(p[:, 1:2], sensitive_features=g)
-               for p, g in ((val_probs, val_groups), (test_probs, test_groups))]
+        new = [
+            to._pmf_predict(p[:, 1:2], sensitive_features=g)
+            for p, g in ((val_probs, val_groups), (test_probs, test_groups))
+        ]
         info = {"rule": "fairlearn.ThresholdOptimizer", "constraint": settings.threshold_constraint}
         return new[0], new[1], info
     rule = multiclass_rule(val_probs, val_labels, val_groups)
-    info = {"rule": "per-group log-probability offsets (max validation macro-F1)",
-            "offsets": {g: [round(float(v), 4) for v in b] for g, b in rule.items()}}
-    return (apply_multiclass(rule, val_probs, val_groups),
-            apply_multiclass(rule, test_probs, test_groups), info)
+    info = {
+        "rule": "per-group log-probability offsets (max validation macro-F1)",
+        "offsets": {g: [round(float(v), 4) for v in b] for g, b in rule.items()},
+    }
+    return (
+        apply_multiclass(rule, val_probs, val_groups),
+        apply_multiclass(rule, test_probs, test_groups),
+        info,
+    )
 
 
 register(

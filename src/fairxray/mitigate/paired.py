@@ -52,7 +52,10 @@ def paired_difference(
         return diff, float("nan"), float("nan"), float("nan")
     d = []
     for idx in patient_resamples(patients, n_boot, seed):
-        d.append(metric_fn(y[idx], prob_b[idx], groups[idx]) - metric_fn(y[idx], prob_a[idx], groups[idx]))
+        d.append(
+            metric_fn(y[idx], prob_b[idx], groups[idx])
+            - metric_fn(y[idx], prob_a[idx], groups[idx])
+        )
     d = np.asarray(d, dtype=np.float64)
     d = d[np.isfinite(d)]
     if len(d) == 0:

@@ -73,7 +73,9 @@ def register(m: Mitigation) -> Mitigation:
     if (m.kind == "train") != (m.make_hook is not None) or (m.kind == "post") != (
         m.postprocess is not None
     ):
-        raise ValueError(f"mitigation {m.name!r}: a train kind needs make_hook, a post kind postprocess")
+        raise ValueError(
+            f"mitigation {m.name!r}: a train kind needs make_hook, a post kind postprocess"
+        )
     if m.name in _MITIGATIONS or m.name == NONE or SEP in m.name:
         raise ValueError(f"mitigation {m.name!r}: name taken or invalid")
     _MITIGATIONS[m.name] = m

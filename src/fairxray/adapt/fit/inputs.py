@@ -52,7 +52,9 @@ def group_codes(frames: dict, column: str) -> tuple[tuple[str, ...], dict[str, n
     (sorted), so the codes never depend on the test split; another split's unseen value is -1."""
     for split, frame in frames.items():
         if column not in frame.columns:
-            raise UserError(f"{split} split: missing sensitive column '{column}' (mitigate.attribute)")
+            raise UserError(
+                f"{split} split: missing sensitive column '{column}' (mitigate.attribute)"
+            )
     names = tuple(sorted(frames["train"][column].astype(str).unique()))
     index = {g: k for k, g in enumerate(names)}
     codes = {

@@ -239,10 +239,16 @@ def _mitigation_hook(run: str, data: FitData, hp) -> TrainHook | None:
         return None
     g = data.train.groups
     if g is None or not data.group_names:
-        raise UserError(f"{run}: the mitigation needs each training row's group (mitigate.attribute)")
+        raise UserError(
+            f"{run}: the mitigation needs each training row's group (mitigate.attribute)"
+        )
     return get_mitigation(mitigation).make_hook(
         hp, len(data.group_names), data.n_classes, np.asarray(g), np.asarray(data.train.labels)
     )
+
+
+def _groups_on(groups, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.array(groups, dtype=np.int64)).to(device)
 
 
 def _setup(meth, run, data: FitData, hp, seed, model, device, fingerprinted: bool) -> _Run:
@@ -298,8 +304,8 @@ def _setup(meth, run, data: FitData, hp, seed, model, device, fingerprinted: boo
         has_lora=bool(lora_parameters(module)),
         fingerprint=fp,
         hook=hook,
-        g_train_dev=None if hook is None else torch.from_numpy(np.array(data.train.groups)).to(device),
-        g_val=None if hook is None or data.val.groups is None else np.asarray(data.val.groups),
+        g_train_dev=_groups_on(data.train.groups, device) if hook is not None else None,
+        g_val=None if hook is None else data.val.groups,
     )
 
 
