@@ -306,3 +306,63 @@ def test_paired_difference_null_and_holm():
     np.testing.assert_allclose(
         holm([0.01, 0.04, 0.03, np.nan]), [0.03, 0.06, 0.06, np.nan], equal_nan=True
     )
+
+
+# -- the report's mitigation section ----------------------------------------------------------
+
+
+def test_pareto_front_hand_example():
+    from fairxray.report.mitigation import pareto_front
+
+    acc = np.array([0.80, 0.78, 0.70, 0.80, 0.75])
+    gap = np.array([0.20, 0.10, 0.05, 0.25, 0.12])
+    # (0.80, 0.25) is dominated by (0.80, 0.20); (0.75, 0.12) by (0.78, 0.10).
+    assert pareto_front(acc, gap).tolist() == [True, True, True, False, False]
+
+
+def test_report_section_pairs_runs_on_the_same_patients(tmp_path, params):
+    from fairxray import paths
+    from fairxray.metrics.predictions import prob_columns, write_predictions
+    from fairxray.report.mitigation import collect_effects
+
+    p = dataclasses.replace(
+        params,
+        models=("toy",),
+        seeds=(1,),
+        mitigations=("group_dro",),
+        mitigate=dataclasses.replace(params.mitigate, methods=("mlp",)),
+        metrics=dataclasses.replace(params.metrics, n_boot=100),
+    )
+    rng = np.random.default_rng(0)
+    n, k = 480, len(p.data.classes)
+    y = rng.integers(0, k, n)
+    old = np.arange(n) % 2 == 1
+    frame = {
+        "image_id": [f"{i:08d}_000.png" for i in range(n)],
+        "patient_id": [f"{i // 2:08d}" for i in range(n)],  # two images per patient
+        "label_idx": y,
+        "age_group": np.where(old, "60-99", "0-59"),
+        "sex": np.where(np.arange(n) % 4 < 2, "M", "F"),
+    }
+
+    def probs(hit_old):
+        pred = np.where(rng.uniform(size=n) < np.where(old, hit_old, 0.9), y, (y + 1) % k)
+        return np.eye(k)[pred] * 0.9 + 0.1 / k
+
+    import pandas as pd
+
+    for run, hit_old in (("mlp", 0.5), ("mlp+group_dro", 0.85)):
+        df = pd.DataFrame(frame)
+        df[prob_columns(p.data.classes)] = probs(hit_old)
+        path = tmp_path / paths.prediction_file("toy", run, 1, "test")
+        write_predictions(df, path, p.data.classes, p.metrics.sensitive)
+    sec = collect_effects(p, tmp_path)
+    assert sec.missing == []
+    e = sec.effects.set_index("metric")
+    f1 = e.loc["f1_gap/age_group/standard"]
+    assert f1["diff"] < 0 and f1["ci_high"] < 0 and f1["p_holm"] < 0.05, f1.to_dict()
+    assert f1["n_patients"] == n // 2 and "60-99 240" in f1["group_sizes"]
+    assert e.loc["accuracy", "diff"] > 0
+    # Holm: the corrected p-values are never below the raw ones.
+    assert (sec.effects["p_holm"] >= sec.effects["p"] - 1e-12).all()
+    assert set(sec.points["mitigation"]) == {"none", "group_dro"}

@@ -127,7 +127,7 @@ def postprocess(val_probs, val_labels, val_groups, test_probs, test_groups, sett
     rule = multiclass_rule(val_probs, val_labels, val_groups)
     info = {
         "rule": "per-group log-probability offsets (max validation macro-F1)",
-        "offsets": {g: [round(float(v), 4) for v in b] for g, b in rule.items()},
+        "offsets": {str(g): [round(float(v), 4) for v in b] for g, b in rule.items()},
     }
     return (
         apply_multiclass(rule, val_probs, val_groups),

@@ -26,6 +26,7 @@ import pandas as pd
 
 from fairxray import DEMO_BANNER, paths
 from fairxray.config import Params
+from fairxray.report.mitigation import write_section as write_mitigation_section
 
 DEMO_LABEL = "synthetic-image, demo-model results"
 
@@ -444,13 +445,14 @@ def build_report(
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "figures").mkdir(parents=True)
     _write_data(tmp, agg, t1, t2, tables["pvh"])
+    mit_md, mit_html = write_mitigation_section(tmp, p, root, demo)
     fig1 = _png(figure_accuracy_vs_gaps(agg, t2, demo))
     fig2 = _png(figure_group_bars(c.by_group, "macro_f1", demo)) if len(c.by_group) else None
     (tmp / "figures" / "accuracy_vs_gaps.png").write_bytes(fig1)
     if fig2:
         (tmp / "figures" / "group_macro_f1.png").write_bytes(fig2)
-    _write_markdown(tmp, tables, notes, demo, bool(fig2))
-    _write_html(tmp, tables, notes, demo, fig1, fig2)
+    _write_markdown(tmp, tables, notes, demo, bool(fig2), mit_md)
+    _write_html(tmp, tables, notes, demo, fig1, fig2, mit_html)
     out_dir = _publish(tmp, Path(out_dir))
     return {
         "rows": len(agg),
@@ -507,7 +509,9 @@ def _write_data(tmp: Path, agg: pd.DataFrame, t1, t2, pvh: pd.DataFrame) -> None
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def _write_markdown(tmp: Path, t: dict, notes: list[str], demo: bool, has_fig2: bool) -> None:
+def _write_markdown(
+    tmp: Path, t: dict, notes: list[str], demo: bool, has_fig2: bool, extra: str = ""
+) -> None:
     label = f"**{DEMO_BANNER}** ({DEMO_LABEL})\n\n" if demo else ""
     md = [
         "# fairxray report: fairness of CLIP-based models on NIH ChestX-ray14\n",
@@ -527,13 +531,16 @@ def _write_markdown(tmp: Path, t: dict, notes: list[str], demo: bool, has_fig2: 
         "## Figures\n",
         "![accuracy vs gaps](figures/accuracy_vs_gaps.png)\n",
         "![per-group macro-F1](figures/group_macro_f1.png)\n" if has_fig2 else "",
+        extra,
     ]
     (tmp / "report.md").write_text("\n".join(md))
     (tmp / "table1_utility.md").write_text(label + _markdown(t["tab1"]) + "\n")
     (tmp / "table2_fairness.md").write_text(label + _markdown(t["tab2"]) + "\n")
 
 
-def _write_html(tmp: Path, t: dict, notes: list[str], demo: bool, fig1: bytes, fig2) -> None:
+def _write_html(
+    tmp: Path, t: dict, notes: list[str], demo: bool, fig1: bytes, fig2, extra=()
+) -> None:
     def img(data: bytes, alt: str) -> str:
         return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
@@ -547,6 +554,7 @@ def _write_html(tmp: Path, t: dict, notes: list[str], demo: bool, fig1: bytes, f
     ]
     if fig2:
         sections.append(("Per-group macro-F1", img(fig2, "per-group macro-F1")))
+    sections.extend(extra)
     page = _html_page(
         "fairxray report", f"{DEMO_BANNER} ({DEMO_LABEL})" if demo else None, sections
     )
