@@ -366,3 +366,42 @@ def test_report_section_pairs_runs_on_the_same_patients(tmp_path, params):
     # Holm: the corrected p-values are never below the raw ones.
     assert (sec.effects["p_holm"] >= sec.effects["p"] - 1e-12).all()
     assert set(sec.points["mitigation"]) == {"none", "group_dro"}
+
+
+# -- params ----------------------------------------------------------------------------------
+
+
+def test_params_mitigation_grid_is_registered_and_trainable(params):
+    from fairxray import adapt
+
+    for m in params.mitigations:
+        get_mitigation(m)
+    for method in params.mitigate.methods:
+        assert adapt.get_method(method).build is not None, method
+    assert params.mitigate.attribute in params.metrics.sensitive
+
+
+@pytest.mark.parametrize(
+    "edit,pattern",
+    [
+        (lambda raw: raw.update(mitigations=["none", "group_dro"]), "leave out 'none'"),
+        (lambda raw: raw["mitigate"].update(attribute="view"), "mitigate.attribute"),
+    ],
+)
+def test_bad_mitigation_params_are_named(edit, pattern):
+    import yaml
+
+    from fairxray.config import ConfigError, parse_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(raw)
+    with pytest.raises(ConfigError, match=pattern):
+        parse_params(raw, "params.yaml")
+
+
+def test_a_mitigated_run_searches_its_method_and_mitigation_spaces(params):
+    from fairxray.tune import search_space
+
+    names = {d.name for d in search_space(params.tune, "mlp+group_dro")}
+    assert names == {d.name for d in search_space(params.tune, "mlp")} | {"dro_step"}
+    assert "dro_step" not in {d.name for d in search_space(params.tune, "mlp")}
