@@ -405,3 +405,49 @@ def test_a_mitigated_run_searches_its_method_and_mitigation_spaces(params):
     names = {d.name for d in search_space(params.tune, "mlp+group_dro")}
     assert names == {d.name for d in search_space(params.tune, "mlp")} | {"dro_step"}
     assert "dro_step" not in {d.name for d in search_space(params.tune, "mlp")}
+
+
+# -- tuning a mitigated run --------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """The tune tests' tiny project (32 px images, 2 epochs per trial), multi-objective on."""
+    from _trainkit import write_project
+
+    from fairxray.config import load_params
+
+    path = write_project(tmp_path, train_overrides={"epochs": 2})
+    monkeypatch.chdir(tmp_path)
+    p = load_params(path)
+    space = {
+        "lora": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+        "group_dro": {"dro_step": {"low": 1e-3, "high": 1.0, "log": True}},
+        "adversarial": {"adversary_weight": {"low": 0.1, "high": 3.0, "log": True}},
+    }
+    tp = dataclasses.replace(
+        p.tune, n_trials=1, startup_trials=1, space=space, multi_objective=True, max_cost=1.0
+    )
+    return dataclasses.replace(p, tune=tp)
+
+
+@pytest.mark.parametrize(
+    "mitigation,key", [("group_dro", "dro_step"), ("adversarial", "adversary_weight")]
+)
+def test_multi_objective_tuning_searches_the_mitigation(project, mitigation, key):
+    from fairxray.tune import tune
+
+    content = tune(project, "toy", run_name("lora", mitigation), log=lambda _m: None)
+    done = [t for t in content["study"]["trials"] if t["state"] == "complete"]
+    assert len(done) == 1
+    for t in done:
+        assert key in t["params"] and "lr" in t["params"]
+        assert all(math.isfinite(v) for v in t["values"])  # (val macro_f1, val gap)
+    assert key in content["params"] and content["best_fairness_gap"] is not None
+
+
+def test_a_post_mitigation_has_nothing_to_tune(project):
+    from fairxray.tune import tune
+
+    content = tune(project, "toy", "lora+group_threshold", log=lambda _m: None)
+    assert content["tuned"] is False and "trains nothing" in content["reason"]
