@@ -412,16 +412,19 @@ def test_a_mitigated_run_searches_its_method_and_mitigation_spaces(params):
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """The tune tests' tiny project (32 px images, 2 epochs per trial), multi-objective on."""
+    """The tune tests' tiny project (32 px images, toy embeddings, 2 epochs per trial),
+    multi-objective on."""
     from _trainkit import write_project
 
+    from fairxray.adapt.store import embed
     from fairxray.config import load_params
 
     path = write_project(tmp_path, train_overrides={"epochs": 2})
     monkeypatch.chdir(tmp_path)
     p = load_params(path)
+    embed(p, "toy")
     space = {
-        "lora": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+        "mlp": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}},
         "group_dro": {"dro_step": {"low": 1e-3, "high": 1.0, "log": True}},
         "adversarial": {"adversary_weight": {"low": 0.1, "high": 3.0, "log": True}},
     }
@@ -437,7 +440,7 @@ def project(tmp_path, monkeypatch):
 def test_multi_objective_tuning_searches_the_mitigation(project, mitigation, key):
     from fairxray.tune import tune
 
-    content = tune(project, "toy", run_name("lora", mitigation), log=lambda _m: None)
+    content = tune(project, "toy", run_name("mlp", mitigation), log=lambda _m: None)
     done = [t for t in content["study"]["trials"] if t["state"] == "complete"]
     assert len(done) == 1
     for t in done:
@@ -449,5 +452,5 @@ def test_multi_objective_tuning_searches_the_mitigation(project, mitigation, key
 def test_a_post_mitigation_has_nothing_to_tune(project):
     from fairxray.tune import tune
 
-    content = tune(project, "toy", "lora+group_threshold", log=lambda _m: None)
+    content = tune(project, "toy", "mlp+group_threshold", log=lambda _m: None)
     assert content["tuned"] is False and "trains nothing" in content["reason"]
