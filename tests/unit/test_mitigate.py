@@ -454,3 +454,44 @@ def test_a_post_mitigation_has_nothing_to_tune(project):
 
     content = tune(project, "toy", "mlp+group_threshold", log=lambda _m: None)
     assert content["tuned"] is False and "trains nothing" in content["reason"]
+
+
+# -- train, evaluate and track of mitigated runs -------------------------------------------------
+
+
+@pytest.mark.slow  # ~25 s alone, most of it creating the MLflow store
+def test_mitigated_runs_train_evaluate_and_track_with_their_own_registered_model(project):
+    import yaml
+
+    from fairxray import paths
+    from fairxray.adapt.train import train
+    from fairxray.stages import evaluate
+    from fairxray.track.runs import MITIGATION, client, track
+
+    p = dataclasses.replace(project, metrics=dataclasses.replace(project.metrics, n_boot=0))
+    quiet = lambda _m: None  # noqa: E731
+    uri = "sqlite:///mlruns/mlflow.db"
+    seed = p.seeds[0]
+    train(p, "toy", "mlp", list(p.seeds), log=quiet)
+    for mitigation in ("group_dro", "group_threshold"):
+        run = run_name("mlp", mitigation)
+        train(p, "toy", run, list(p.seeds), log=quiet)
+        cfg = yaml.safe_load((paths.seed_dir("toy", run, seed) / "config.yaml").read_text())
+        assert cfg["method"] == run
+        assert evaluate.main(["--model", "toy", "--method", run]) == 0
+        assert (paths.metrics_dir("toy", run, seed) / "metrics.json").exists()
+        out = track(p, "toy", run, tracking_uri=uri, log=quiet)
+        r = client(uri).get_run(out["seed_runs"][str(seed)])
+        assert r.info.run_name == f"toy/{run}/seed{seed}"
+        assert r.data.params["mitigation"] == mitigation and r.data.params["method"] == run
+        assert r.data.tags[MITIGATION] == mitigation
+        reg = out["registered_model"]
+        assert reg["name"] == f"{p.mlflow.experiment}.toy.{run}"
+        best = client(uri).get_model_version_by_alias(reg["name"], "best")
+        assert best.run_id == r.info.run_id
+    # The post-processing run used the plain run's test rows, in the same order.
+    a = paths.prediction_file("toy", "mlp", seed, "test")
+    b = paths.prediction_file("toy", "mlp+group_threshold", seed, "test")
+    import pandas as pd
+
+    assert pd.read_parquet(a)["image_id"].tolist() == pd.read_parquet(b)["image_id"].tolist()
