@@ -34,11 +34,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from fairxray import adapt
     from fairxray.tune import search_space, tune
+    from fairxray.tune.study import trains as study_trains
 
     args = _parser().parse_args(argv)
     p = load_params(args.params)
     callbacks = []
-    trains = adapt.get_method(args.method).build is not None
+    trains = adapt.get_method(args.method).build is not None and study_trains(args.method)
     if trains and search_space(p.tune, args.method) and not args.no_mlflow:
         from fairxray.track.runs import TrialLogger
 
