@@ -495,3 +495,26 @@ def test_mitigated_runs_train_evaluate_and_track_with_their_own_registered_model
     import pandas as pd
 
     assert pd.read_parquet(a)["image_id"].tolist() == pd.read_parquet(b)["image_id"].tolist()
+
+
+@pytest.mark.parametrize("mitigation", ["group_dro", "adversarial"])
+def test_interrupted_mitigated_fit_resumes_exactly(planted, hp, tmp_path, mitigation):
+    # The hook's state (GroupDRO's q, the adversary's weights) is in the checkpoint: a run
+    # stopped after epoch 3 and resumed ends where an uninterrupted run ends, bit for bit.
+    run = run_name("linear_probe", mitigation)
+    short = dataclasses.replace(hp, epochs=6)
+    whole = fit(run, planted, short, seed=1)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(epoch, _score):
+        if epoch == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(run, planted, short, seed=1, checkpoint_dir=tmp_path, on_epoch=stop_at_3)
+    resumed = fit(run, planted, short, seed=1, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 3
+    np.testing.assert_array_equal(resumed.test_probs, whole.test_probs)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
