@@ -256,9 +256,12 @@ def _effect(planted, base_probs, probs, fn):
 
 @pytest.mark.parametrize(
     "mitigation,max_majority_cost",
-    # Measured (seed 0): accuracy gap 0.21 without mitigation; group_balanced 0.07,
-    # group_dro 0.05, adversarial 0.13, group_threshold 0.13. The cost is paid by the majority
-    # group A: its accuracy 0.92 falls to 0.88 / 0.88 / 0.90 / 0.83.
+    # Measured (seed 0), accuracy gap / majority A accuracy / minority B accuracy / overall:
+    # none 0.212 / 0.918 / 0.706 / 0.812; group_balanced 0.066 / 0.881 / 0.815 / 0.848;
+    # group_dro 0.054 / 0.882 / 0.828 / 0.855; adversarial 0.129 / 0.903 / 0.774 / 0.839;
+    # group_threshold 0.134 / 0.833 / 0.699 / 0.766 (it closes the gap by lowering A: Hardt et
+    # al.'s equalized-odds rule randomises the better group's decisions). The stated cost is A's
+    # accuracy drop, bounded below.
     [
         ("group_balanced", 0.08),
         ("group_dro", 0.08),
