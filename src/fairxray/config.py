@@ -167,6 +167,10 @@ class TrainParams:
     device: str  # "auto" | "cpu" | "cuda"
     num_threads: int  # torch CPU threads; 0 = leave torch's default
     embed_batch_size: int  # batch size of the `embed` stage and of evaluation passes
+    # Mitigation hyperparameters (read only by the run's mitigation; see fairxray.mitigate)
+    dro_step: float  # group_dro: step size eta of the exponentiated group-weight update
+    adversary_weight: float  # adversarial: lambda of the gradient reversal layer
+    adversary_hidden: int  # adversarial: hidden width of the adversary head
 
 
 @dataclass(frozen=True)
@@ -202,18 +206,30 @@ class ExportParams:
 
 
 @dataclass(frozen=True)
+class MitigateParams:
+    """The mitigation grid: every entry of ``mitigations`` crossed with ``methods`` (runs named
+    ``<method>+<mitigation>``); their hyperparameters are train keys (``train.dro_step`` ...)."""
+
+    methods: tuple[str, ...]  # trainable methods the mitigations are applied to
+    attribute: str  # the sensitive column (one of metrics.sensitive) the mitigations act on
+    threshold_constraint: str  # group_threshold, two classes: fairlearn's constraint
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str  # "demo" or "paper"; shown on every output
     data: DataParams
     images: ImagesParams
     models: tuple[str, ...]
     methods: tuple[str, ...]
+    mitigations: tuple[str, ...]  # applied on top of the plain grid (none = the grid itself)
     seeds: tuple[int, ...]
     metrics: MetricsParams
     mlflow: MlflowParams
     train: TrainParams
     tune: TuneParams
     export: ExportParams
+    mitigate: MitigateParams
     # The params file these were read from (not a YAML key): errors name it.
     source: str = dataclasses.field(default="params.yaml", compare=False, metadata={"yaml": False})
 
@@ -348,6 +364,16 @@ def _validate(p: Params, src: str) -> None:
         raise ConfigError(f"{src}: 'metrics.alpha' and 'metrics.mde_power' must lie in (0, 1)")
     if p.metrics.n_perm < 0:
         raise ConfigError(f"{src}: 'metrics.n_perm' must be 0 or more")
+
+    if "none" in p.mitigations:
+        raise ConfigError(
+            f"{src}: 'mitigations' lists what is applied on top of the plain grid; leave out "
+            "'none' (the runs of 'methods' are the none baseline)"
+        )
+    if p.mitigate.attribute not in p.metrics.sensitive:
+        raise ConfigError(
+            f"{src}: 'mitigate.attribute' {p.mitigate.attribute!r} is not in metrics.sensitive"
+        )
 
 
 EXPORTERS = ("dynamo", "legacy")  # export/onnx.py's exporters

@@ -93,8 +93,19 @@ def test_demo_repro_runs_the_whole_graph(demo_copy, first_run):
             assert (demo_copy / f"models/{model}/{method}/model.onnx").exists()
             assert parity["parity"]["passed"] and parity["parity"]["max_abs_diff"] <= p.export.atol
             assert json.loads((demo_copy / f"tracked/{model}/{method}.json").read_text())
+        for method in p.mitigate.methods:
+            for mitigation in p.mitigations:
+                run_dir = f"{method}+{mitigation}"
+                for seed in p.seeds:
+                    assert (
+                        demo_copy / f"metrics/{model}/{run_dir}/seed{seed}/metrics.json"
+                    ).exists()
+                assert json.loads((demo_copy / f"tracked/{model}/{run_dir}.json").read_text())
     report = (demo_copy / "reports" / "report.html").read_text()
     assert "DEMO" in report
+    assert "Mitigation: paired effects against none" in report
+    effects = (demo_copy / "reports" / "mitigation_effects.csv").read_text()
+    assert all(m in effects for m in p.mitigations)
     assert (demo_copy / "mlruns" / "mlflow.db").exists()
     assert (demo_copy / "studies" / "optuna.db").exists()
 

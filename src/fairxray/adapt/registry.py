@@ -171,10 +171,14 @@ def list_methods() -> list[str]:
 
 
 def get_method(name: str) -> Method:
+    """The method of ``name``; a mitigated run ``<method>+<mitigation>`` gives its method."""
+    from fairxray.mitigate import split_run
+
+    base, _ = split_run(name)
     try:
-        return _METHODS[name]
+        return _METHODS[base]
     except KeyError:
-        raise UserError(f"method '{name}': unknown; known methods: {', '.join(_METHODS)}") from None
+        raise UserError(f"method '{base}': unknown; known methods: {', '.join(_METHODS)}") from None
 
 
 def check_grid(models: Sequence[str], methods: Sequence[str]) -> None:

@@ -3,6 +3,11 @@ the tuned hyperparameters to weights, config and val/test predictions on disk.
 
 zero_shot trains nothing: it writes the model's zero-shot predictions, so every cell of the grid
 has the same outputs.
+
+A mitigated run ``<method>+<mitigation>`` (:mod:`fairxray.mitigate`) trains like its method with
+the mitigation's loss hook (the training rows' ``mitigate.attribute`` groups loaded with them),
+or, for a post-processing mitigation, reads the plain method's val/test predictions of each
+seed, fits the rule on the val rows and writes the adjusted predictions.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from fairxray.adapt.fit import (
 )
 from fairxray.config import Params, TrainParams
 from fairxray.errors import UserError
+from fairxray.mitigate import NONE, get_mitigation, split_run
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -165,6 +171,9 @@ def train(
     log=print,
 ) -> list[dict]:
     """Run every seed; return one summary per seed."""
+    base, mitigation = split_run(method)
+    if mitigation != NONE and get_mitigation(mitigation).kind == "post":
+        return [_post_seed(p, model_name, method, seed, log) for seed in seeds]
     job = _job(p, model_name, method, seeds, device, log)
     run_seed = _zero_shot_seed if job.meth.inputs == "none" else _trained_seed
     return [run_seed(job, seed, log) for seed in seeds]
@@ -195,12 +204,14 @@ def _job(p: Params, model_name: str, method: str, seeds, device: str | None, log
         cache = ImageCache.open(paths.images(p.data.protocol))
     data = None
     if meth.inputs != "none":
+        mitigated = split_run(method)[1] != NONE
         data = load_fit_data(
             frames,
             meth.inputs,
             len(classes),
             embeddings_dir=paths.embeddings(model_name),
             cache=cache,
+            group_column=p.mitigate.attribute if mitigated else None,
         )
     base = {
         "profile": p.profile,
@@ -249,6 +260,56 @@ def _zero_shot_seed(job: _Job, seed: int, log) -> dict:
     for split, df in probs.items():
         _write_predictions(job, seed, split, df)
     log(f"train: {job.model_name} x {job.method} seed {seed}: zero-shot predictions written")
+    return {"seed": seed, "seconds": time.perf_counter() - t0}
+
+
+def _post_seed(p: Params, model_name: str, run: str, seed: int, log) -> dict:
+    """A post-processing mitigation of one seed: fitted on the plain run's val predictions,
+    applied to its test predictions (whose labels it never reads)."""
+    from fairxray.metrics.predictions import prob_columns, read_predictions, write_predictions
+
+    t0 = time.perf_counter()
+    base, mitigation = split_run(run)
+    classes, sensitive = list(p.data.classes), list(p.metrics.sensitive)
+    attr, cols = p.mitigate.attribute, prob_columns(classes)
+    frames = {}
+    for split in ("val", "test"):
+        f = paths.prediction_file(model_name, base, seed, split)
+        if not f.exists():
+            raise UserError(
+                f"{f}: missing; run `fairxray train --model {model_name} --method {base}`"
+            )
+        frames[split] = read_predictions(f, classes, sensitive)
+    val, test = frames["val"], frames["test"]
+    new_val, new_test, info = get_mitigation(mitigation).postprocess(
+        val[cols].to_numpy(np.float64),
+        val["label_idx"].to_numpy(np.int64),
+        val[attr].astype(str).to_numpy(),
+        test[cols].to_numpy(np.float64),
+        test[attr].astype(str).to_numpy(),
+        p.mitigate,
+    )
+    config = {
+        "profile": p.profile,
+        "model": model_name,
+        "method": run,
+        "inputs": "none",
+        "postprocess_of": base,
+        "protocol": p.data.protocol,
+        "classes": classes,
+        "seed": seed,
+        "in_dim": None,
+        "trainable_params": 0,
+        "mitigate": dataclasses.asdict(p.mitigate),
+        "rule": info,
+    }
+    save_run(paths.seed_dir(model_name, run, seed), None, config)
+    for split, frame, probs in (("val", val, new_val), ("test", test, new_test)):
+        out = frame.copy()
+        out[cols] = probs
+        path = paths.prediction_file(model_name, run, seed, split)
+        write_predictions(out, path, classes, sensitive)
+    log(f"train: {model_name} x {run} seed {seed}: {info['rule']} fitted on val, applied to test")
     return {"seed": seed, "seconds": time.perf_counter() - t0}
 
 

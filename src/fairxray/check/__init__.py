@@ -62,9 +62,15 @@ def check_sections(p: Params) -> list[str]:
         except UserError as exc:
             problems.append(str(exc).removeprefix(f"{p.source}: "))
     from fairxray.adapt.registry import list_methods
+    from fairxray.mitigate.registry import list_mitigations
 
-    unknown = sorted(set(p.tune.space) - set(list_methods()))
-    problems += [f"'tune.space.{m}' is not a method" for m in unknown]
+    unknown = sorted(set(p.tune.space) - set(list_methods()) - set(list_mitigations()))
+    problems += [f"'tune.space.{m}' is not a method or a mitigation" for m in unknown]
+    problems += [
+        f"'mitigations[{i}]' {m!r}: unknown; known mitigations: {', '.join(list_mitigations())}"
+        for i, m in enumerate(p.mitigations)
+        if m not in list_mitigations()
+    ]
     return problems
 
 

@@ -33,6 +33,7 @@ from fairxray.metrics.evaluate import labelled
 from fairxray.report import summary as headline
 from fairxray.report.cells import UTILITY, gap_table, how_to_read, paired_table, read_cells
 from fairxray.report.deviations import DEVIATIONS
+from fairxray.report.mitigation import write_section as write_mitigation_section
 
 DEMO_LABEL = "synthetic-image, demo-model results"
 
@@ -401,6 +402,7 @@ def build_report(
     headline.write_summary(tmp / "summary.json", agg, demo)
     grid = headline.figure_grid(agg, headline.read_paired(tmp), demo)
     (tmp / "figures" / headline.FIGURE).write_bytes(_png(grid))
+    mit_md, mit_html = write_mitigation_section(tmp, p, root, demo)
     fig1 = _png(figure_accuracy_vs_gaps(agg, t2, demo))
     fig2 = (
         _png(figure_group_bars(cells.by_group, "macro_f1", demo)) if len(cells.by_group) else None
@@ -408,8 +410,8 @@ def build_report(
     (tmp / "figures" / "accuracy_vs_gaps.png").write_bytes(fig1)
     if fig2:
         (tmp / "figures" / "group_macro_f1.png").write_bytes(fig2)
-    _write_markdown(tmp, tables, notes, read, demo, bool(fig2))
-    _write_html(tmp, tables, notes, read, demo, fig1, fig2)
+    _write_markdown(tmp, tables, notes, read, demo, bool(fig2), mit_md)
+    _write_html(tmp, tables, notes, read, demo, fig1, fig2, mit_html)
     out_dir = _publish(tmp, Path(out_dir))
     return {
         "rows": len(agg),
@@ -532,7 +534,9 @@ _TITLES = {
 }
 
 
-def _write_markdown(tmp: Path, t: dict, notes, read, demo: bool, has_fig2: bool) -> None:
+def _write_markdown(
+    tmp: Path, t: dict, notes, read, demo: bool, has_fig2: bool, extra: str = ""
+) -> None:
     label = f"**{DEMO_BANNER}** ({DEMO_LABEL})\n\n" if demo else ""
     md = [
         "# fairxray report: fairness of CLIP-based models on NIH ChestX-ray14\n",
@@ -556,13 +560,16 @@ def _write_markdown(tmp: Path, t: dict, notes, read, demo: bool, has_fig2: bool)
         f"![accuracy vs headline gaps](figures/{headline.FIGURE})\n",
         "![accuracy vs gaps](figures/accuracy_vs_gaps.png)\n",
         "![per-group macro-F1](figures/group_macro_f1.png)\n" if has_fig2 else "",
+        extra,
     ]
     (tmp / "report.md").write_text("\n".join(md))
     (tmp / "table1_utility.md").write_text(label + _markdown(t["tab1"]) + "\n")
     (tmp / "table2_fairness.md").write_text(label + _markdown(t["tab2"]) + "\n")
 
 
-def _write_html(tmp: Path, t: dict, notes, read, demo: bool, fig1: bytes, fig2) -> None:
+def _write_html(
+    tmp: Path, t: dict, notes, read, demo: bool, fig1: bytes, fig2, extra=()
+) -> None:
     def img(data: bytes, alt: str) -> str:
         return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
@@ -580,6 +587,7 @@ def _write_html(tmp: Path, t: dict, notes, read, demo: bool, fig1: bytes, fig2) 
     ]
     if fig2:
         sections.append(("Per-group macro-F1", img(fig2, "per-group macro-F1")))
+    sections.extend(extra)
     page = _html_page(
         "fairxray report", f"{DEMO_BANNER} ({DEMO_LABEL})" if demo else None, sections
     )

@@ -12,7 +12,9 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fairxray train", description=__doc__)
     ap.add_argument("--model", required=True, help="a model of the registry (params.models)")
     ap.add_argument(
-        "--method", required=True, help="zero_shot | linear_probe | mlp | lora | full_ft"
+        "--method",
+        required=True,
+        help="zero_shot | linear_probe | mlp | lora | full_ft, or <method>+<mitigation>",
     )
     ap.add_argument("--seeds", type=int, nargs="+", help="default: params.yaml seeds")
     ap.add_argument("--params", default="params.yaml")

@@ -36,11 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     from fairxray import adapt  # after parsing: torch makes --help take seconds
     from fairxray.check import require_valid
     from fairxray.tune import make_storage, search_space, storage_url, tune
+    from fairxray.tune.study import trains as study_trains
 
     p = load_params(args.params)
     require_valid(p)  # before a study or a model folder exists
     callbacks = []
-    trains = adapt.get_method(args.method).build is not None
+    trains = adapt.get_method(args.method).build is not None and study_trains(args.method)
     if trains and search_space(p.tune, args.method) and not args.no_mlflow:
         from fairxray.track.runs import TrialLogger
 

@@ -39,6 +39,7 @@ ARTIFACTS = "artifacts"
 KIND = "fairxray.kind"  # pair | trial | seed
 MODEL = "fairxray.model"
 METHOD = "fairxray.method"
+MITIGATION = "fairxray.mitigation"  # none | a mitigation (the run <method>+<mitigation>)
 SEED = "fairxray.seed"
 CURRENT = "fairxray.current"
 STUDY = "fairxray.study"
@@ -138,6 +139,7 @@ def common_tags(p: Params, model: str, method: str, stage: str) -> dict[str, str
     tags = {
         MODEL: model,
         METHOD: method,
+        MITIGATION: _mitigation(method),
         "fairxray.profile": p.profile,
         "fairxray.protocol": p.data.protocol,
         "fairxray.dvc_stage": stage,
@@ -153,6 +155,12 @@ def common_tags(p: Params, model: str, method: str, stage: str) -> dict[str, str
     if "git_dirty" in git:
         tags["fairxray.git_dirty"] = git["git_dirty"]
     return tags
+
+
+def _mitigation(run: str) -> str:
+    from fairxray.mitigate import split_run
+
+    return split_run(run)[1]
 
 
 def _filter(tags: dict[str, str]) -> str:
@@ -332,6 +340,7 @@ def seed_inputs(p: Params, model: str, method: str, seed: int) -> dict[str, Any]
     params = {
         "model": model,
         "method": method,
+        "mitigation": _mitigation(method),
         "seed": seed,
         "protocol": cfg.get("protocol"),
         "inputs": cfg.get("inputs"),
@@ -351,7 +360,7 @@ def seed_inputs(p: Params, model: str, method: str, seed: int) -> dict[str, Any]
             for s in ("val", "test")
             if (f := paths.prediction_file(model, method, seed, s)).exists()
         ],
-        "model": [cfg_path],
+        "model": [f for f in (cfg_path, sdir / "weights.safetensors") if f.exists()],
     }
     return {
         "config": cfg,
@@ -395,7 +404,12 @@ def track(
     tags = common_tags(p, model, method, "train")
     inputs = {seed: seed_inputs(p, model, method, seed) for seed in p.seeds}
     report_path = paths.onnx(model, method).with_name("onnx.json")
-    report = _read_json(report_path)
+    mitigated = _mitigation(method) != "none"
+    if mitigated and not report_path.exists():
+        # The mitigation grid is not exported: its registered model is the best seed's folder.
+        report = {"exported": False, "reason": "mitigated run: no ONNX export"}
+    else:
+        report = _read_json(report_path)
 
     lifecycle.close_dead_runs(cl, exp, {MODEL: model, METHOD: method}, lambda m: log(f"track: {m}"))
     onnx_seed = report.get("seed")
@@ -430,13 +444,9 @@ def track(
     if reused:
         log(f"track: {model}/{method}: {len(reused)} seed run(s) unchanged, reused")
 
-    registered = None
-    if exported:
-        registered = _register(
-            cl, runs[onnx_seed], reused.get(onnx_seed), report, report_path, p, model, method, log
-        )
-    elif not report.get("exported"):
-        log(f"track: {report_path}: no ONNX model ({report.get('reason')}); nothing registered")
+    registered, onnx_seed = _registration(
+        cl, runs, reused, inputs, report, report_path, p, model, method, log, onnx_seed, mitigated
+    )
     for seed, rid in runs.items():
         cl.set_tag(rid, CURRENT, "true")
         if seed not in reused:
@@ -456,6 +466,29 @@ def track(
     }
     _write_json(tracked_file(model, method), content)
     return content
+
+
+def _registration(
+    cl, runs, reused, inputs, report, report_path, p, model, method, log, onnx_seed, mitigated
+):
+    """Register the pair's best model: the exported ONNX on its seed's run, or (a mitigated run,
+    not exported) the best seed's folder. Returns (registered model or None, that seed)."""
+    exported = bool(report.get("exported")) and onnx_seed in inputs
+    registered = None
+    if exported:
+        registered = _register(
+            cl, runs[onnx_seed], reused.get(onnx_seed), report, report_path, p, model, method, log
+        )
+    elif mitigated:
+        onnx_seed = _best_seed(inputs)
+        registered = _register_folder(cl, runs[onnx_seed], p, model, method)
+        log(
+            f"track: seed {onnx_seed} (best val score) registered as {registered['name']} "
+            f"version {registered['version']} (alias best)"
+        )
+    elif not report.get("exported"):
+        log(f"track: {report_path}: no ONNX model ({report.get('reason')}); nothing registered")
+    return registered, onnx_seed
 
 
 def _register(cl, run_id, reused, report, report_path, p, model, method, log) -> dict:
@@ -521,6 +554,33 @@ def _log_parent(cl, parent: str, tags: dict[str, str], inputs: dict, now: int) -
     }
     keep = {k: v for k, v in tags.items() if k not in (KIND, "mlflow.parentRunId")}
     log_batch(cl, parent, metrics=_metrics(values, now), tags=_tags(keep))
+
+
+def _best_seed(inputs: dict) -> int:
+    """The seed with the best validation score (``best_score``; the first seed on ties or when
+    the run trains nothing)."""
+    scores = {s: inp["config"].get("best_score") for s, inp in inputs.items()}
+    scored = {s: v for s, v in scores.items() if v is not None and math.isfinite(float(v))}
+    if not scored:
+        return next(iter(inputs))
+    best = max(scored.values())
+    return next(s for s, v in scored.items() if v == best)
+
+
+def _register_folder(cl, run_id, p, model, method) -> dict:
+    """Register the run's ``model`` artifact folder (config and weights) as the best model of
+    ``model`` x ``method``: the registry keeps one entry per mitigation."""
+    from mlflow.exceptions import MlflowException
+
+    name = registered_name(p.mlflow.experiment, model, method)
+    try:
+        cl.create_registered_model(name)
+    except MlflowException:
+        pass  # registered by an earlier run of track
+    source = f"{cl.get_run(run_id).info.artifact_uri}/model"
+    version = cl.create_model_version(name, source, run_id=run_id)
+    cl.set_registered_model_alias(name, "best", str(version.version))
+    return {"name": name, "version": str(version.version), "model_uri": source}
 
 
 def _log_onnx(cl, run_id, report, report_path, p, model, method) -> dict:

@@ -45,9 +45,11 @@ def load_tune_data(p: Params, model_name: str, method: str) -> TuneData:
     from fairxray.adapt.fit import load_fit_data
     from fairxray.data.cache import ImageCache
     from fairxray.data.splits import load_splits
+    from fairxray.mitigate import NONE, split_run
     from fairxray.models import create
 
     meth = adapt.get_method(method)
+    mitigated = split_run(method)[1] != NONE
     frames = load_splits(p.data.protocol)
     frames = {s: frames[s] for s in ("train", "val")}  # tuning never sees the test split
     cache = ImageCache.open(paths.images(p.data.protocol)) if meth.inputs == "images" else None
@@ -57,6 +59,7 @@ def load_tune_data(p: Params, model_name: str, method: str) -> TuneData:
         len(p.data.classes),
         embeddings_dir=paths.embeddings(model_name),
         cache=cache,
+        group_column=p.mitigate.attribute if mitigated else None,
     )
     new_model = None
     if meth.inputs == "images":
@@ -102,9 +105,13 @@ def make_objective(
     import optuna
 
     from fairxray.adapt.fit import DivergedError, check_train_params, fit
+    from fairxray.mitigate import NONE, split_run
 
     tp = p.tune
     seed = p.seeds[0]
+    # A mitigated fit selects its epoch on the worst group's val score; the study's objective
+    # stays the overall one, recomputed from the selected epoch's val probabilities.
+    overall = split_run(method)[1] == NONE
 
     def objective(trial):
         overrides = suggest(trial, dims)
@@ -113,7 +120,12 @@ def make_objective(
         # Pruning compares intermediate values; they are fit()'s per-epoch val score, which is
         # the objective only when the two name the same metric. Optuna cannot prune
         # multi-objective trials.
-        prune = tp.pruner != "none" and not tp.multi_objective and hp.selection == tp.objective
+        prune = (
+            tp.pruner != "none"
+            and not tp.multi_objective
+            and hp.selection == tp.objective
+            and overall
+        )
         trial.set_user_attr("worker", worker)
 
         def on_epoch(epoch: int, score: float) -> None:
@@ -135,7 +147,7 @@ def make_objective(
             log(f"trial {trial.number}: failed: {exc}  {overrides}")
             trial.set_user_attr("failed", str(exc))
             return (math.nan, math.nan) if tp.multi_objective else math.nan
-        if hp.selection == tp.objective:
+        if hp.selection == tp.objective and overall:
             value = float(result.best_score)
         else:
             value = objective_value(tp.objective, data.fit_data.val.labels, result.val_probs)

@@ -43,13 +43,25 @@ def _field_type(name: str) -> type | None:
     return None if hints[head] is AugmentParams else hints[head]
 
 
+def space_entries(tp: TuneParams, run: str) -> dict[str, tuple[str, Any]]:
+    """train key -> (the ``tune.space`` entry it comes from, its spec). A mitigated run
+    ``<method>+<mitigation>`` searches its method's entry and its mitigation's together."""
+    from fairxray.mitigate import NONE, split_run
+
+    method, mitigation = split_run(run)
+    out: dict[str, tuple[str, Any]] = {}
+    for entry in (method, mitigation) if mitigation != NONE else (method,):
+        for name, spec in (tp.space.get(entry) or {}).items():
+            out[name] = (entry, spec)
+    return out
+
+
 def search_space(tp: TuneParams, method: str, src: str = "params.yaml") -> list[Dim]:
     """The validated search space of ``method`` (empty: nothing to tune). Ranges take the
     parameter's type from ``TrainParams``: an int field gives integer trials."""
-    raw = tp.space.get(method) or {}
     dims = []
-    for name, spec in raw.items():
-        where = f"{src}: 'tune.space.{method}.{name}'"
+    for name, (entry, spec) in space_entries(tp, method).items():
+        where = f"{src}: 'tune.space.{entry}.{name}'"
         ftype = _field_type(name)
         if ftype is None:
             raise UserError(f"{where}: not a train parameter (a TrainParams field or augment.<x>)")

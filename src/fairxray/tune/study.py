@@ -36,7 +36,7 @@ from fairxray.config import Params
 from fairxray.data.splits import manifest_sha256
 from fairxray.errors import UserError
 from fairxray.tune.objective import TuneData, load_tune_data, make_objective
-from fairxray.tune.space import check_tune_params, make_sampler, search_space
+from fairxray.tune.space import check_tune_params, make_sampler, search_space, space_entries
 from fairxray.tune.storage import make_storage, redact, storage_url
 
 FORMAT = 1
@@ -85,7 +85,7 @@ def settings(p: Params, model: str, method: str) -> dict:
         # No folder paths: a moved or re-cloned project keeps its studies. The weights are
         # identified by content (inputs_sha256 hashes the built model or its embeddings).
         "train": dataclasses.asdict(p.train),
-        "space": tp.space.get(method) or {},
+        "space": {k: spec for k, (_, spec) in space_entries(tp, method).items()},
         "objective": tp.objective,
         "multi_objective": tp.multi_objective,
         "fairness_key": tp.fairness_key if tp.multi_objective else None,
@@ -96,6 +96,14 @@ def settings(p: Params, model: str, method: str) -> dict:
 def study_name(model: str, method: str, settings_: dict) -> str:
     digest = hashlib.sha256(json.dumps(settings_, sort_keys=True).encode()).hexdigest()
     return f"{model}/{method}@{digest[:10]}"
+
+
+def trains(run: str) -> bool:
+    """False for a post-processing mitigation: it fits its rule, never a model."""
+    from fairxray.mitigate import NONE, get_mitigation, split_run
+
+    mitigation = split_run(run)[1]
+    return mitigation == NONE or get_mitigation(mitigation).kind == "train"
 
 
 def counted_states() -> tuple:
@@ -306,7 +314,7 @@ def tune(
     meth = adapt.get_method(method)
     adapt.check_grid([model], [method])
     out_path = paths.tuned(model, method)
-    if meth.build is None:
+    if meth.build is None or not trains(method):
         content = nothing_to_tune(model, method, f"{method} trains nothing: nothing to tune")
     elif not (n_trials or tp.n_trials):
         content = nothing_to_tune(

@@ -60,7 +60,7 @@ def fingerprint(method: str, seed: int, hp: TrainParams, data: FitData, module: 
         if split is None:
             h.update(b"none")
             continue
-        for arr in (split.labels, split.features, split.pixels):
+        for arr in (split.labels, split.features, split.pixels, split.groups):
             if arr is not None:
                 a = np.ascontiguousarray(arr)
                 h.update(str((a.shape, a.dtype.str)).encode())
@@ -76,7 +76,9 @@ def clear_checkpoints(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
-def restore(ckpt: Path, fp: str, label: str, module, opt, sched, gen, device, say) -> LoopState:
+def restore(
+    ckpt: Path, fp: str, label: str, module, opt, sched, gen, device, say, hook=None
+) -> LoopState:
     """The loop state of ``ckpt/last.pt`` loaded into the live objects when its fingerprint is
     ``fp``; otherwise the folder is cleared and a fresh state returned."""
     state = LoopState()
@@ -87,6 +89,8 @@ def restore(ckpt: Path, fp: str, label: str, module, opt, sched, gen, device, sa
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
             gen.set_state(saved["generator"])
+            if hook is not None and saved.get("hook"):
+                hook.load_state_dict(saved["hook"])
             torch.set_rng_state(saved["torch_rng"])
             if device.type == "cuda" and saved.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(saved["cuda_rng"], device)
@@ -114,7 +118,9 @@ def load_best(ckpt: Path, epoch: int) -> dict[str, torch.Tensor]:
     return torch.load(ckpt / best_name(epoch), map_location="cpu", weights_only=True)["module"]
 
 
-def save_last(ckpt: Path, fp: str, state: LoopState, module, opt, sched, gen, device) -> None:
+def save_last(
+    ckpt: Path, fp: str, state: LoopState, module, opt, sched, gen, device, hook=None
+) -> None:
     """``last.pt`` for the epoch just finished; best-epoch files other than the current best go."""
     atomic_save(
         {
@@ -125,6 +131,7 @@ def save_last(ckpt: Path, fp: str, state: LoopState, module, opt, sched, gen, de
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "generator": gen.get_state(),
+            "hook": hook.state_dict() if hook is not None else {},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "history": state.history,

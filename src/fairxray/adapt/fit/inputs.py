@@ -21,6 +21,7 @@ class SplitInputs:
     pixels: np.ndarray | None = None  # uint8 [N, S, S] (lora, full_ft)
     # float32 [K, N, D]: K cached augmented views per row (train split, train.frozen_augment_views)
     feature_views: np.ndarray | None = None
+    groups: np.ndarray | None = None  # int64 [N], code of each row's sensitive group (-1: unseen)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -32,6 +33,7 @@ class FitData:
     train: SplitInputs
     val: SplitInputs
     test: SplitInputs | None = None
+    group_names: tuple[str, ...] = ()  # groups[i] == k means group_names[k] (train's levels)
 
 
 def split_labels(frame, n_classes: int, source: str) -> np.ndarray:
@@ -47,24 +49,50 @@ def split_labels(frame, n_classes: int, source: str) -> np.ndarray:
     return y
 
 
+def group_codes(frames: dict, column: str) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """The sensitive ``column`` as int codes per split: levels are the training split's values
+    (sorted), so the codes never depend on the test split; another split's unseen value is -1."""
+    for split, frame in frames.items():
+        if column not in frame.columns:
+            raise UserError(
+                f"{split} split: missing sensitive column '{column}' (mitigate.attribute)"
+            )
+    names = tuple(sorted(frames["train"][column].astype(str).unique()))
+    index = {g: k for k, g in enumerate(names)}
+    codes = {
+        split: np.array([index.get(g, -1) for g in frame[column].astype(str)], dtype=np.int64)
+        for split, frame in frames.items()
+    }
+    return names, codes
+
+
 def load_fit_data(
-    frames: dict, inputs: str, n_classes: int, *, embeddings_dir=None, cache=None
+    frames: dict,
+    inputs: str,
+    n_classes: int,
+    *,
+    embeddings_dir=None,
+    cache=None,
+    group_column: str | None = None,
 ) -> FitData:
     """Split frames -> :class:`FitData`: embeddings from ``embeddings_dir`` (frozen methods) or
-    pixels from ``cache`` (image methods), row for row, repeats expanded."""
+    pixels from ``cache`` (image methods), row for row, repeats expanded; with ``group_column``,
+    each row's sensitive group too (what a mitigation trains on)."""
     from fairxray.adapt.store import read_embeddings, read_views
 
+    names, codes = group_codes(frames, group_column) if group_column else ((), {})
     out = {}
     for split, frame in frames.items():
         y = split_labels(frame, n_classes, f"{split} split")
         ids = frame["image_id"].astype(str).tolist()
+        g = codes.get(split)
         if inputs == "embeddings":
             views = read_views(embeddings_dir, ids) if split == "train" else None
             feats = read_embeddings(embeddings_dir, split, ids)
-            out[split] = SplitInputs(y, features=feats, feature_views=views)
+            out[split] = SplitInputs(y, features=feats, feature_views=views, groups=g)
         else:
-            out[split] = SplitInputs(y, pixels=cache.get(ids))
-    return FitData(n_classes, out["train"], out["val"], out.get("test"))
+            out[split] = SplitInputs(y, pixels=cache.get(ids), groups=g)
+    return FitData(n_classes, out["train"], out["val"], out.get("test"), names)
 
 
 # -- batches --------------------------------------------------------------------------------

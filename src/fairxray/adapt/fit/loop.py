@@ -3,7 +3,8 @@
 AdamW, a cosine schedule stepped per batch (one cycle over the run, or the paper's warm restarts),
 cross-entropy, optional class-balanced sampling, the paper's augmentation for image methods (as
 tensor ops, :mod:`fairxray.adapt.augment`), model selection and early stopping on the validation
-split only (the test split is predicted once, after the best epoch is restored), a checkpoint
+split only (a mitigated run selects on the worst group's validation score; the test split is
+predicted once, after the best epoch is restored), a checkpoint
 after every epoch and resume from it, bf16 autocast and channels_last on CUDA, deterministic on
 CPU for a given seed.
 
@@ -47,6 +48,7 @@ from fairxray.adapt.fit.settings import check_train_params, resolve_device
 from fairxray.adapt.lora import lora_gradient_problems, lora_parameters
 from fairxray.config import TrainParams
 from fairxray.errors import UserError
+from fairxray.mitigate import NONE, TrainHook, get_mitigation, split_run
 
 
 class DivergedError(UserError):
@@ -83,6 +85,22 @@ def selection_score(selection: str, labels: np.ndarray, probs: np.ndarray, loss:
             f1_score(labels, pred, labels=list(range(n)), average="macro", zero_division=0)
         )
     raise ValueError(f"unknown selection {selection!r}")
+
+
+def worst_group_score(
+    selection: str, labels: np.ndarray, probs: np.ndarray, groups: np.ndarray
+) -> float:
+    """The lowest :func:`selection_score` over the groups (codes >= 0) of the rows: what a
+    mitigated run selects its epoch on (Sagawa et al. select GroupDRO on worst-group validation
+    accuracy; selecting a mitigated run on overall validation score hands the epoch back to the
+    majority group)."""
+    scores = []
+    for g in np.unique(groups[groups >= 0]):
+        m = groups == g
+        p, y = probs[m], labels[m]
+        loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-300, None))))
+        scores.append(selection_score(selection, y, p, loss))
+    return float(min(scores)) if scores else float("nan")
 
 
 # -- run context ----------------------------------------------------------------------------
@@ -174,16 +192,24 @@ def fit(
     runs through ``torch.compile`` with that backend; validation, test, checkpoints and the
     returned module stay eager (same parameters). Off by default: ``benchmarks/gpu.py`` measures
     whether it pays before any stage turns it on.
+
+    ``method`` may name a mitigated run, ``<method>+<mitigation>`` (``mlp+group_dro``): a
+    ``train`` mitigation then shapes the batch loss through its hook (:mod:`fairxray.mitigate`),
+    from ``data.train.groups``; it sees the training split only.
     """
     check_train_params(hp)
     meth = adapt.get_method(method)
     if meth.build is None:
         raise ValueError(f"method {method!r} does not train; use its own predictions")
+    _, mitigation = split_run(method)
+    if mitigation != NONE and get_mitigation(mitigation).kind != "train":
+        raise ValueError(f"mitigation {mitigation!r} does not train; it post-processes predictions")
     say = log or (lambda _msg: None)
     device = resolve_device(hp.device)
     with _run_context(device, hp.num_threads):
         return _fit(
-            meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device, compile_backend
+            meth, method, data, hp, seed, model, checkpoint_dir, on_epoch, say, device,
+            compile_backend,
         )
 
 
@@ -210,9 +236,31 @@ class _Run:
     fingerprint: str = ""
     forward: Callable | None = None  # torch.compile'd module (training only), else None
     x_views: torch.Tensor | None = None  # [K, N, D] cached augmented train views (frozen methods)
+    hook: TrainHook | None = None  # the run's mitigation (None: plain cross-entropy)
+    g_train_dev: torch.Tensor | None = None  # the training rows' group codes
+    g_val: np.ndarray | None = None  # the validation rows' group codes (worst-group selection)
 
 
-def _setup(meth, data: FitData, hp, seed, model, device, fingerprinted: bool) -> _Run:
+def _mitigation_hook(run: str, data: FitData, hp) -> TrainHook | None:
+    """The hook of ``run``'s train mitigation, built from the training split only."""
+    _, mitigation = split_run(run)
+    if mitigation == NONE:
+        return None
+    g = data.train.groups
+    if g is None or not data.group_names:
+        raise UserError(
+            f"{run}: the mitigation needs each training row's group (mitigate.attribute)"
+        )
+    return get_mitigation(mitigation).make_hook(
+        hp, len(data.group_names), data.n_classes, np.asarray(g), np.asarray(data.train.labels)
+    )
+
+
+def _groups_on(groups, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.array(groups, dtype=np.int64)).to(device)
+
+
+def _setup(meth, run, data: FitData, hp, seed, model, device, fingerprinted: bool) -> _Run:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -221,7 +269,7 @@ def _setup(meth, data: FitData, hp, seed, model, device, fingerprinted: bool) ->
     in_dim = data.train.features.shape[1] if meth.inputs == "embeddings" else None
     module = adapt.build(meth.name, n_classes=data.n_classes, hp=hp, model=model, in_dim=in_dim)
     # Hashing the data costs ~0.1 s per 100 MB: only worth it when there is a checkpoint to match.
-    fp = ck.fingerprint(meth.name, seed, hp, data, module) if fingerprinted else ""
+    fp = ck.fingerprint(run, seed, hp, data, module) if fingerprinted else ""
     module.to(device)
     if device.type == "cuda" and meth.inputs == "images":
         module.to(memory_format=torch.channels_last)
@@ -236,8 +284,15 @@ def _setup(meth, data: FitData, hp, seed, model, device, fingerprinted: bool) ->
         if y.min() < 0 or y.max() >= data.n_classes:
             raise UserError(f"{name} split: label_idx outside 0..{data.n_classes - 1}")
 
+    # Built after the module, so an adversary's initialisation draws come after the head's.
+    hook = _mitigation_hook(run, data, hp)
+    groups = module.param_groups(hp)
+    if hook is not None:
+        hook.to(device)
+        if hook.parameters():
+            groups.append({"params": hook.parameters(), "lr": hp.lr})
     opt_kwargs = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.AdamW(module.param_groups(hp), weight_decay=hp.weight_decay, **opt_kwargs)
+    opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, **opt_kwargs)
     steps_per_epoch = len(batches(torch.arange(len(y_train)), hp.batch_size))
     return _Run(
         meth=meth,
@@ -258,6 +313,9 @@ def _setup(meth, data: FitData, hp, seed, model, device, fingerprinted: bool) ->
         has_lora=bool(lora_parameters(module)),
         fingerprint=fp,
         x_views=_train_views(data, meth.inputs, device),
+        hook=hook,
+        g_train_dev=_groups_on(data.train.groups, device) if hook is not None else None,
+        g_val=None if hook is None else data.val.groups,
     )
 
 
@@ -300,7 +358,12 @@ def _train_epoch(r: _Run, epoch: int) -> tuple[float, int, float]:
         xb = prepare_batch(module, xb, r.meth.inputs, device)
         with _autocast(device):
             logits = (module if r.forward is None else r.forward)(xb)
-        loss = F.cross_entropy(logits.float(), r.y_train_dev[idx_dev])
+        y_b = r.y_train_dev[idx_dev]
+        if r.hook is None:
+            loss = F.cross_entropy(logits.float(), y_b)
+        else:
+            ce = F.cross_entropy(logits.float(), y_b, reduction="none")
+            loss = r.hook.loss(ce, r.g_train_dev[idx_dev], y_b, logits)
         r.opt.zero_grad(set_to_none=True)
         loss.backward()
         if r.has_lora and epoch == 1 and seen == 0:
@@ -321,7 +384,10 @@ def _validate(r: _Run, epoch: int, train_loss: float, seen: int, train_seconds: 
     t_eval = time.perf_counter()
     logits = predict_logits(r.module, r.x_val, r.meth.inputs, r.hp.embed_batch_size, r.device)
     val_loss = float(F.cross_entropy(logits, r.y_val_dev))
-    score = selection_score(r.hp.selection, r.y_val, _probs(logits), val_loss)
+    if r.g_val is not None:
+        score = worst_group_score(r.hp.selection, r.y_val, _probs(logits), r.g_val)
+    else:
+        score = selection_score(r.hp.selection, r.y_val, _probs(logits), val_loss)
     return {
         "epoch": epoch,
         "train_loss": train_loss,
@@ -348,15 +414,19 @@ def _select(r: _Run, state: ck.LoopState, entry: dict, ckpt: Path | None, best: 
         state.stopped_early = True
 
 
-def _fit(meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device, backend) -> FitResult:
+def _fit(
+    meth, run, data, hp, seed, model, checkpoint_dir, on_epoch, say, device, backend
+) -> FitResult:
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    r = _setup(meth, data, hp, seed, model, device, fingerprinted=ckpt is not None)
+    r = _setup(meth, run, data, hp, seed, model, device, fingerprinted=ckpt is not None)
     if backend is not None:
         r.forward = torch.compile(r.module, backend=backend)
-    label = f"{meth.name} seed {seed}"
+    label = f"{run} seed {seed}"
     state = ck.LoopState()
     if ckpt is not None:
-        state = ck.restore(ckpt, r.fingerprint, label, r.module, r.opt, r.sched, r.gen, device, say)
+        state = ck.restore(
+            ckpt, r.fingerprint, label, r.module, r.opt, r.sched, r.gen, device, say, r.hook
+        )
     resumed_from = state.epoch
     best: dict = {}
     while state.epoch < hp.epochs and not state.stopped_early:
@@ -370,7 +440,9 @@ def _fit(meth, data, hp, seed, model, checkpoint_dir, on_epoch, say, device, bac
             f"  ({entry['train_images'] / max(entry['train_seconds'], 1e-9):.0f} img/s)"
         )
         if ckpt is not None:
-            ck.save_last(ckpt, r.fingerprint, state, r.module, r.opt, r.sched, r.gen, device)
+            ck.save_last(
+                ckpt, r.fingerprint, state, r.module, r.opt, r.sched, r.gen, device, r.hook
+            )
         if on_epoch is not None:
             on_epoch(state.epoch, entry["val_score"])
     return _finish(r, data, state, ckpt, best, resumed_from)
