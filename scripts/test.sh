@@ -26,4 +26,8 @@ for arg in "$@"; do
   case "$arg" in -m | -m*) has_marker=true ;; esac
 done
 if [ "$has_marker" = false ]; then set -- -m "not gpu" "$@"; fi
+# Both cores: one pytest worker per core, each test file kept on one worker (module fixtures such
+# as the smoke test's demo run are built once). FAIRXRAY_TEST_WORKERS=0 runs in one process.
+workers="${FAIRXRAY_TEST_WORKERS:-2}"
+if [ "$workers" != 0 ]; then set -- -n "$workers" --dist loadfile "$@"; fi
 python -m pytest "$@"

@@ -426,7 +426,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capfd):
     out = tmp_path / "out"
     # A smaller grid than the default demo: the full demo graph is already covered by
     # tests/smoke/test_repro.py; this test is about the run folder and resuming.
-    small = ["--set", "methods=[zero_shot, linear_probe]", "--set", "metrics.n_boot=10"]
+    small = ["--set", "methods=[zero_shot, linear_probe]", "--set", "mitigations=[]"]
+    small += ["--set", "metrics.n_boot=10", "--set", "metrics.n_perm=10", "--set", "images.size=32"]
+    small += ["--set", "data.protocols=[nih6x200-clean]"]
     assert cli.main(["demo", "--out", str(out), *small]) == 0
     assert "demo finished" in capfd.readouterr().out
     protocols = yaml.safe_load((out / "params.yaml").read_text())["data"]["protocols"]
@@ -480,7 +482,8 @@ def test_reproduce_runs_the_paper_profile_on_fake_nih_and_toy_weights(
     for i, image_id in enumerate(sorted(set().union(*needed.values()))):
         folder = nih_dir / f"images_{1 + i % 2:03d}" / "images"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / image_id)
+        # 32 px: the smallest source images.min_source_size accepts.
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / image_id)
     (nih_dir / r.METADATA_NAME).write_bytes(_bundled_table())
     save_toy(registry.create("toy"), tmp_path / "w" / "toy")
     monkeypatch.chdir(REPO)

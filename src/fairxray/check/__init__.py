@@ -71,6 +71,12 @@ def check_sections(p: Params) -> list[str]:
         for i, m in enumerate(p.mitigations)
         if m not in list_mitigations()
     ]
+    if p.mitigations and not set(p.mitigate.methods) <= set(p.methods):
+        problems.append(
+            f"'mitigate.methods' {list(p.mitigate.methods)} must be among 'methods' "
+            f"{list(p.methods)}: a mitigated run is compared with its plain method (or set "
+            "'mitigations: []')"
+        )
     return problems
 
 

@@ -191,14 +191,8 @@ _register(
 _SHA_RN50 = "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762"
 _SHA_RN50X4 = "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd"
 # The modified ResNets end in an attention pool that outputs the joint embedding directly. The
-# paper ran no CLIP ResNet: its LoRA is the released ResNet rule (rank 4 on the layer1-4
-# bottleneck convs, scale 1) applied to this backbone.
-_RN_LORA = LoraSpec(
-    targets=RESNET_LORA,
-    rank=4,
-    scale=1.0,
-    source="released code's ResNet rule (rank 4, layer1-4 bottleneck convs, no scaling)",
-)
+# paper ran no CLIP ResNet, so there is no released LoRA setting for them (lora=None): only
+# `train.lora_config: train` applies, on the bottleneck convs.
 _register(
     "clip-rn50",
     "RN50-quickgelu",
@@ -207,7 +201,7 @@ _register(
     f"{_OPENAI}/{_SHA_RN50}/RN50.pt",
     embed_dim=1024,
     lora_targets=RESNET_LORA,
-    lora=_RN_LORA,
+    lora=None,
     feature_dim=None,
 )
 _register(
@@ -219,6 +213,6 @@ _register(
     image=dataclasses.replace(CLIP_IMAGE, size=288),  # RN50x4 is trained at 288 px
     embed_dim=640,
     lora_targets=RESNET_LORA,
-    lora=_RN_LORA,
+    lora=None,
     feature_dim=None,
 )

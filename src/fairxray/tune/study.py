@@ -118,10 +118,28 @@ def n_finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=counted_states()))
 
 
-def _in_flight_states() -> tuple:
-    from optuna.trial import TrialState
+class _StopAtTarget:
+    """Stop when finished trials plus those other workers started since this run began reach
+    the target. Trials left RUNNING by a killed process (started before this run) don't count:
+    they will never finish, and the heartbeat marks them failed."""
 
-    return (*counted_states(), TrialState.RUNNING)
+    def __init__(self, target: int) -> None:
+        import datetime
+
+        self.target, self.since = target, datetime.datetime.now()
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state in counted_states() for t in trials)
+        flying = sum(
+            t.state == TrialState.RUNNING and t.datetime_start is not None
+            and t.datetime_start >= self.since
+            for t in trials
+        )  # fmt: skip
+        if done + flying >= self.target:
+            study.stop()
 
 
 def counted_trials(study, n_trials: int) -> list:
@@ -305,7 +323,6 @@ def tune(
     """Run (or resume) the study of ``model`` x ``method`` up to ``n_trials`` (default
     ``tune.n_trials``) finished trials; write and return the tuned file's content.
     ``callbacks`` are Optuna callbacks ``(study, frozen_trial)`` (MLflow logging, tests)."""
-    import optuna
 
     from fairxray import adapt
 
@@ -350,7 +367,7 @@ def tune(
             objective = make_objective(p, method, dims, data, worker=worker, log=log)
             # Trials in flight in other workers count too, so workers sharing a study stop
             # together at n_trials; a rare overshoot is harmless (the first n_trials are used).
-            stop = optuna.study.MaxTrialsCallback(target, states=_in_flight_states())
+            stop = _StopAtTarget(target)
             study.optimize(objective, n_trials=remaining, callbacks=[stop, *callbacks])
         content = summarise(study, p, model, method, st, url, target)
         log(
