@@ -7,7 +7,7 @@ from pathlib import Path
 
 SKIP_REASON = "no chromium binary on PATH (Debian: apt-get install -y chromium; CI installs it)"
 
-# Flags from stack-notes.md: headless, no sandbox as root, no network side traffic, and a virtual
+# Flags measured to work here: headless, no sandbox as root, no network side traffic, and a virtual
 # time budget so script-rendered pages finish before the dump or screenshot.
 FLAGS = (
     "--headless",

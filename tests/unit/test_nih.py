@@ -39,7 +39,7 @@ def clean(meta):
 
 
 def notebook_reference(csv: Path) -> dict[str, set[tuple[str, int]]]:
-    """The authors' nih6x200 notebook re-derived from paper-protocol.md §1 directly on the raw CSV
+    """The authors' nih6x200 notebook re-derived from the notebook's procedure directly on the raw CSV
     columns (no fairxray code): returns (image id, occurrence) multisets per split."""
     df = pd.read_csv(csv)
     labels = df["Finding Labels"].str.split("|")
@@ -98,7 +98,7 @@ def test_paper_protocol_counts_per_cell(paper):
 
 
 def test_paper_protocol_leakage_numbers(paper):
-    # Measured on the real metadata (paper-protocol.md §1): the authors' sampling with replacement
+    # Measured on the real metadata (measured once on the bundled table): the authors' sampling with replacement
     # and patients spanning cells leak images and patients across splits.
     leak = nih.leakage(paper)
     assert leak["repeated_image_ids"] == 29
@@ -136,7 +136,7 @@ def test_clean_protocol_has_no_leakage(clean):
 def test_clean_protocol_shortfall_comes_out_of_train(clean):
     splits, shortfall = clean
     short = {(r["label"], r["age_group"], r["sex"]): r for r in shortfall if r["shortfall"]}
-    # The two cells with fewer than 50 patients (paper-protocol.md §1 table: 44 and 34).
+    # The two cells with fewer than 50 patients (44 and 34, measured on the bundled table).
     assert {k: v["eligible_patients"] for k, v in short.items()} == {
         ("Edema", "60-99", "M"): 44,
         ("Edema", "60-99", "F"): 34,

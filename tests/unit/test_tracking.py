@@ -339,3 +339,14 @@ def test_finished_trials_mlflow_lacks_are_logged_on_resync(ctx):
            if r.info.status != "RUNNING" and "fairxray.closed" not in r.data.tags]  # fmt: skip
     assert sorted(int(r.data.tags["fairxray.trial"]) for r in now) == numbers
     assert logger.resync(name, make_storage(storage_url(p.tune, None))) == []  # nothing twice
+
+
+def test_demo_runs_and_registered_models_say_demo(ctx):
+    from fairxray import DEMO_BANNER
+
+    cl, first = ctx["cl"], ctx["first"]
+    for rid in [first["parent_run_id"], *first["seed_runs"].values()]:
+        assert cl.get_run(rid).data.tags["mlflow.note.content"].startswith(DEMO_BANNER)
+    reg = first["registered_model"]
+    assert cl.get_registered_model(reg["name"]).description.startswith(DEMO_BANNER)
+    assert cl.get_model_version(reg["name"], reg["version"]).description.startswith(DEMO_BANNER)

@@ -3,7 +3,7 @@
 Protocols (``fairxray prepare --protocol NAME``):
 
 ``nih6x200-paper``
-    The authors' ``dataset/nih6x200.ipynb`` exactly (paper-protocol.md §1): single-label images of six
+    The authors' ``dataset/nih6x200.ipynb`` exactly: single-label images of six
     diseases; per disease x age group x sex cell, one row per patient (first in file order), then
     ``sample(n=50, random_state=42)``, with replacement where the cell has fewer than 50 patients; then
     per (age group, sex, label) group ``train_test_split`` 35 / 15 and the 15 into 5 / 10, seed 42.

@@ -7,7 +7,7 @@ batch axis is dynamic. What is exported per method:
 
 - ``lora``, ``full_ft``: the adapted image tower + head. LoRA is merged into the base weights
   first: unmerged peft layers on ``nn.MultiheadAttention`` export silently wrong results with the
-  legacy exporter and fail with the dynamo one (stack-notes.md).
+  legacy exporter and fail with the dynamo one (measured with torch 2.14).
 - ``linear_probe``, ``mlp``: the frozen image tower (the weights the ``embed`` stage used) + the
   trained head: the same composition as ``embed`` then ``train``.
 - ``zero_shot``: the image tower + the class text embeddings baked in as a constant, then

@@ -41,7 +41,7 @@ def bert_tokens(tokenizer, texts: list[str], max_length: int, pad_to_max: bool =
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-# transformers 4.x Swin parameter names -> 5.x (models.md §12.1). Order matters: the attention
+# transformers 4.x Swin parameter names -> 5.x (5.x renamed query/key/value to q/k/v_proj). Order matters: the attention
 # output dense must be renamed before the generic block `output.dense`.
 _SWIN_V4_TO_V5 = (
     (".attention.self.query.", ".attention.q_proj."),

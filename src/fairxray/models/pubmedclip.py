@@ -10,7 +10,7 @@ registered twice.
 
 Preprocessing: CLIP's 224 pipeline and RGB statistics, as the conversion's processor and
 downstream users (FairMedFM) use; the authors' training used ImageNet statistics at 250 px
-(documented choice, models.md-style note in ``notes``).
+(documented choice, in the spec's ``notes``).
 """
 
 from __future__ import annotations

@@ -151,10 +151,27 @@ def common_tags(p: Params, model: str, method: str, stage: str) -> dict[str, str
         **headline.tune_tags(p.tune),
         "fairxray.params_sha256": headline.params_sha256(),
         **lifecycle.owner_tags(),
+        # The run's description in the MLflow UI: demo runs say what they are.
+        "mlflow.note.content": description(p, model, method),
     }
     if "git_dirty" in git:
         tags["fairxray.git_dirty"] = git["git_dirty"]
     return tags
+
+
+def description(p: Params, model: str, method: str) -> str:
+    """What a run (or a registered model) of ``model`` x ``method`` is, in one line."""
+    from fairxray import DEMO_BANNER
+
+    what = f"fairxray {model} x {method} on {p.data.protocol}"
+    return f"{DEMO_BANNER}: {what} (synthetic images, random weights)" if p.is_demo else what
+
+
+def _describe(cl, registered: dict, p: Params, model: str, method: str) -> None:
+    """Registered models and their versions carry the same description as the runs."""
+    text = description(p, model, method)
+    cl.update_registered_model(registered["name"], description=text)
+    cl.update_model_version(registered["name"], registered["version"], description=text)
 
 
 def _mitigation(run: str) -> str:
@@ -503,6 +520,7 @@ def _register(cl, run_id, reused, report, report_path, p, model, method, log) ->
             f"{registered['name']} version {registered['version']} (alias best)"
         )
     cl.set_registered_model_alias(registered["name"], "best", registered["version"])
+    _describe(cl, registered, p, model, method)
     return registered
 
 
@@ -580,7 +598,9 @@ def _register_folder(cl, run_id, p, model, method) -> dict:
     source = f"{cl.get_run(run_id).info.artifact_uri}/model"
     version = cl.create_model_version(name, source, run_id=run_id)
     cl.set_registered_model_alias(name, "best", str(version.version))
-    return {"name": name, "version": str(version.version), "model_uri": source}
+    registered = {"name": name, "version": str(version.version), "model_uri": source}
+    _describe(cl, registered, p, model, method)
+    return registered
 
 
 def _log_onnx(cl, run_id, report, report_path, p, model, method) -> dict:
