@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from fairxray.data.tables import TableError
 from fairxray.errors import UserError
 
 NIH_LABELS = (
@@ -65,7 +66,6 @@ COL_VIEW = "View Position"
 REQUIRED = (COL_IMAGE, COL_LABELS, COL_PATIENT, COL_AGE, COL_SEX, COL_VIEW)
 IMAGE_ID = re.compile(r"^(\d{8})_(\d{3})\.png$")
 MAX_AGE = 120  # anything above is a data-entry error (the 2017 release had ages in the 400s)
-MAX_LISTED = 50  # problems printed in full; the count covers the rest
 
 
 def bundled_metadata() -> Path:
@@ -83,22 +83,11 @@ def metadata_path(configured: str | None) -> Path:
     return bundled_metadata() if configured is None else Path(configured)
 
 
-class MetadataError(UserError):
-    """Every problem found in a metadata file, one line each."""
+class MetadataError(TableError):
+    """Every problem found in the NIH metadata file, one line each."""
 
     def __init__(self, path: Path, problems: list[str]):
-        self.path = path
-        self.problems = problems
-        shown = problems[:MAX_LISTED]
-        more = len(problems) - len(shown)
-        tail = [f"  ... and {more} more"] if more else []
-        super().__init__(
-            "\n".join(
-                [f"{path}: {len(problems)} problem(s) in the NIH metadata:"]
-                + [f"  {p}" for p in shown]
-                + tail
-            )
-        )
+        super().__init__(path, "NIH metadata", problems)
 
 
 def read_metadata(path: str | Path) -> pd.DataFrame:
