@@ -84,6 +84,9 @@ class DataParams:
     n_test: int  # per cell
     seed: int  # sampling and split seed (the paper: 42)
     official_val_fraction: float  # nih-official: share of train_val patients held out for val
+    # "multiclass": one label per image (label_idx, softmax; the 6x200 protocols). "multilabel":
+    # data.classes are independent targets (y_<Class> 0/1 columns, per-label sigmoid/BCE).
+    task: str = "multiclass"
     race: RaceParams | None = None  # CheXpert / MIMIC: raw race strings -> analysed groups
     chexpert: CheXpertParams | None = None  # protocols chexpert-*
     mimic: MimicParams | None = None  # protocol mimic-official
@@ -112,6 +115,10 @@ class MetricsParams:
     mde_power: float  # power at which the minimum detectable effect is reported
     reference_method: str  # paired comparisons: each method vs this one, same model
     reference_model: str | None  # and each model vs this one, same method; null = first model
+    # multilabel: per-label decision thresholds, chosen on validation only. "max_f1" or
+    # "sensitivity" (the highest threshold whose validation sensitivity reaches target_sensitivity).
+    threshold_rule: str = "max_f1"
+    target_sensitivity: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -327,6 +334,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw, str(path))
 
 
+TASKS = ("multiclass", "multilabel")
+THRESHOLD_RULES = ("max_f1", "sensitivity")
+
+
 def _validate(p: Params, src: str) -> None:
     d = p.data
     if d.per_cell < 1:
@@ -362,6 +373,15 @@ def _validate(p: Params, src: str) -> None:
         raise ConfigError(f"{src}: 'metrics.correction' must be 'holm' or 'bh'")
     if not (0 < p.metrics.alpha < 1 and 0 < p.metrics.mde_power < 1):
         raise ConfigError(f"{src}: 'metrics.alpha' and 'metrics.mde_power' must lie in (0, 1)")
+    if d.task not in TASKS:
+        raise ConfigError(f"{src}: 'data.task' must be one of {', '.join(TASKS)}, got {d.task!r}")
+    if p.metrics.threshold_rule not in THRESHOLD_RULES:
+        raise ConfigError(
+            f"{src}: 'metrics.threshold_rule' must be one of {', '.join(THRESHOLD_RULES)}, "
+            f"got {p.metrics.threshold_rule!r}"
+        )
+    if not 0 < p.metrics.target_sensitivity < 1:
+        raise ConfigError(f"{src}: 'metrics.target_sensitivity' must lie in (0, 1)")
     if p.metrics.n_perm < 0:
         raise ConfigError(f"{src}: 'metrics.n_perm' must be 0 or more")
 
