@@ -374,3 +374,35 @@ def test_onnx_export_uses_the_sigmoid(project, method):
     _, px = parity_pixels(p, 4)
     got = ort_probs(paths.onnx("toy", method), info["preprocess"](torch.from_numpy(px)).numpy())
     assert got.shape == (4, len(CLASSES)) and not np.allclose(got.sum(1), 1.0)
+
+
+def test_tune_objective_is_the_validation_macro_auroc(project):
+    from fairxray.tune.objective import load_tune_data
+    from fairxray.tune.space import apply_overrides
+    from fairxray.tune.study import tune
+
+    p = project
+    tp = dataclasses.replace(
+        p.tune,
+        n_trials=2,
+        startup_trials=2,
+        space={"mlp": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}},
+    )
+    content = tune(dataclasses.replace(p, tune=tp), "toy", "mlp", log=lambda _m: None)
+    trials = content["study"]["trials"]
+    assert len(trials) == 2 and len({t["values"][0] for t in trials}) == 2
+    # Each trial's value is the macro AUROC (recomputed with scikit-learn) of a refit with its
+    # parameters on the validation targets; the test split is not loaded.
+    data = load_tune_data(p, "toy", "mlp").fit_data
+    assert data.test is None
+    for t in trials:
+        r = fit("mlp", data, apply_overrides(p.train, t["params"]), seed=p.seeds[0])
+        y = data.val.labels
+        ref = np.mean(
+            [
+                roc_auc_score(y[~np.isnan(y[:, j]), j], r.val_probs[~np.isnan(y[:, j]), j])
+                for j in range(y.shape[1])
+                if len(np.unique(y[~np.isnan(y[:, j]), j])) == 2
+            ]
+        )
+        assert t["values"][0] == pytest.approx(ref, abs=1e-12)

@@ -29,8 +29,8 @@ from fairxray.adapt.fit import (
     load_fit_data,
     resolve_device,
     split_labels,
+    split_targets,
 )
-from fairxray.adapt.fit.inputs import split_targets
 from fairxray.config import Params, TrainParams
 from fairxray.errors import UserError
 from fairxray.mitigate import NONE, get_mitigation, split_run
@@ -81,7 +81,6 @@ def prediction_frame(frame, probs: np.ndarray, classes, sensitive, task: str = "
     """The predictions contract for one split: ids, label, ``prob_<Class>``, sensitive columns;
     under ``task`` multilabel also the ``y_<Class_Name>`` targets, copied from the split frame
     (1, 0 or NaN = masked)."""
-    from fairxray.adapt.fit.inputs import split_targets
     from fairxray.metrics.predictions import prob_columns, target_columns
 
     out = frame[["image_id", "patient_id", "label_idx"]].reset_index(drop=True).copy()

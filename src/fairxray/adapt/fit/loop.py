@@ -1,7 +1,8 @@
 """One training loop for Optuna trials and final runs: :func:`fit`.
 
 AdamW, a cosine schedule stepped per batch (one cycle over the run, or the paper's warm restarts),
-cross-entropy, optional class-balanced sampling, the paper's augmentation for image methods (as
+cross-entropy (``data.task`` multilabel: masked BCE and sigmoids, :mod:`fairxray.adapt.fit.task`),
+optional class-balanced sampling, the paper's augmentation for image methods (as
 tensor ops, :mod:`fairxray.adapt.augment`), model selection and early stopping on the validation
 split only (a mitigated run selects on the worst group's validation score; the test split is
 predicted once, after the best epoch is restored), a checkpoint
