@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import yaml
 from _trainkit import PROTOCOL, fit_data, train_params, write_project
 from sklearn.metrics import log_loss, roc_auc_score
+from test_zero_shot import small_gloria  # noqa: F401  (a random-init GLoRIA, module fixture)
 
 from fairxray import paths
 from fairxray.adapt.fit import FitData, fit
@@ -406,3 +407,42 @@ def test_tune_objective_is_the_validation_macro_auroc(project):
             ]
         )
         assert t["values"][0] == pytest.approx(ref, abs=1e-12)
+
+
+def test_zero_shot_pairs_use_the_models_own_rule(tmp_path, small_gloria):  # noqa: F811
+    """GLoRIA's rule (local + global, standardised per prompt set): each label's probability is
+    the pair softmax of its positive set's scores (the multi-class path's class scores) and its
+    negative set's, each set scored on its own."""
+    from test_zero_shot import make_cache
+
+    from fairxray.adapt.zero_shot import PROMPT_SCHEMES, class_logits, predictions
+
+    m = small_gloria
+    m.vision.input_size = 64  # a 4 x 4 region grid: the same computation, fast
+    cache = make_cache(tmp_path / "img", n=4, size=32)
+    ids = [f"{i:08d}_000.png" for i in range(4)]
+    labels = ("Edema", "No Finding")
+    split = pd.DataFrame(
+        {
+            "image_id": ids,
+            "patient_id": [i[:8] for i in ids],
+            "label_idx": [-1] * 4,
+            "y_Edema": [1.0, 0.0, np.nan, 0.0],
+            "y_No_Finding": [0.0, 1.0, 0.0, 1.0],
+            "age_group": ["0-59"] * 4,
+            "sex": ["F", "M", "F", "M"],
+        }
+    )
+    out = predictions(m, cache, split, labels, batch_size=3, task="multilabel")
+    rule = "gloria_local_global"
+    pos = class_logits(m, cache, ids, labels, rule).double().numpy()
+    templates = PROMPT_SCHEMES[m.spec.prompt_style]
+    negatives = {
+        "Edema": [t.format("no pulmonary edema") for t in templates],
+        "No Finding": [t.format("acute cardiopulmonary findings") for t in templates],
+    }
+    neg = class_logits(m, cache, ids, labels, rule, prompts=negatives).double().numpy()
+    ref = np.exp(pos) / (np.exp(pos) + np.exp(neg))
+    # float32 scores of other batch sizes (3 there, one batch here): ~1e-6 apart.
+    np.testing.assert_allclose(out[prob_columns(labels)].to_numpy(), ref, rtol=0, atol=2e-5)
+    assert not np.allclose(out[prob_columns(labels)].to_numpy(), 1 / (1 + np.exp(-pos)), atol=1e-3)
