@@ -29,6 +29,7 @@ from fairxray.adapt.fit import (
     load_fit_data,
     resolve_device,
     split_labels,
+    split_targets,
 )
 from fairxray.config import Params, TrainParams
 from fairxray.errors import UserError
@@ -76,14 +77,20 @@ def resolve_train_params(base: TrainParams, tuned_file: str | Path) -> tuple[Tra
     return hp, str(tuned_file)
 
 
-def prediction_frame(frame, probs: np.ndarray, classes, sensitive):
-    """The predictions contract for one split: ids, label, ``prob_<Class>``, sensitive columns."""
-    from fairxray.metrics.predictions import prob_columns
+def prediction_frame(frame, probs: np.ndarray, classes, sensitive, task: str = "multiclass"):
+    """The predictions contract for one split: ids, label, ``prob_<Class>``, sensitive columns;
+    under ``task`` multilabel also the ``y_<Class_Name>`` targets, copied from the split frame
+    (1, 0 or NaN = masked)."""
+    from fairxray.metrics.predictions import prob_columns, target_columns
 
     out = frame[["image_id", "patient_id", "label_idx"]].reset_index(drop=True).copy()
     out["label_idx"] = out["label_idx"].astype(np.int64)
     for col, j in zip(prob_columns(classes), range(probs.shape[1]), strict=True):
         out[col] = probs[:, j].astype(np.float64)
+    if task == "multilabel":
+        y = split_targets(frame, classes, "split file")
+        for col, j in zip(target_columns(classes), range(y.shape[1]), strict=True):
+            out[col] = y[:, j]
     for col in sensitive:
         if col not in frame.columns:
             raise UserError(f"split file: missing sensitive column '{col}' (metrics.sensitive)")
@@ -212,6 +219,8 @@ def _job(p: Params, model_name: str, method: str, seeds, device: str | None, log
             embeddings_dir=paths.embeddings(model_name),
             cache=cache,
             group_column=p.mitigate.attribute if mitigated else None,
+            task=p.data.task,
+            classes=classes,
         )
     base = {
         "profile": p.profile,
@@ -232,7 +241,7 @@ def _write_predictions(job: _Job, seed: int, split: str, df) -> None:
     from fairxray.metrics.predictions import write_predictions
 
     path = paths.prediction_file(job.model_name, job.method, seed, split)
-    write_predictions(df, path, job.classes, job.sensitive)
+    write_predictions(df, path, job.classes, job.sensitive, task=job.p.data.task)
 
 
 def _zero_shot_seed(job: _Job, seed: int, log) -> dict:
@@ -243,8 +252,12 @@ def _zero_shot_seed(job: _Job, seed: int, log) -> dict:
     model = create(job.model_name, job.p.data.weights_dir)
     dev = resolve_device(job.hp.device)
     probs = {}
+    task = job.p.data.task
     for split in ("val", "test"):
-        split_labels(job.frames[split], len(job.classes), f"{split} split")
+        if task == "multilabel":
+            split_targets(job.frames[split], job.classes, f"{split} split")
+        else:
+            split_labels(job.frames[split], len(job.classes), f"{split} split")
         probs[split] = zero_shot.predictions(
             model,
             job.cache,
@@ -254,6 +267,7 @@ def _zero_shot_seed(job: _Job, seed: int, log) -> dict:
             job.hp.embed_batch_size,
             dev,
             rule=job.hp.zero_shot_rule,
+            task=task,
         )
     config = {**job.base, "seed": seed, "in_dim": None, "trainable_params": 0}
     save_run(paths.seed_dir(job.model_name, job.method, seed), None, config)
@@ -270,6 +284,8 @@ def _post_seed(p: Params, model_name: str, run: str, seed: int, log) -> dict:
 
     t0 = time.perf_counter()
     base, mitigation = split_run(run)
+    if p.data.task == "multilabel":
+        raise UserError(f"{run}: mitigations are multi-class only (data.task multilabel)")
     classes, sensitive = list(p.data.classes), list(p.metrics.sensitive)
     attr, cols = p.mitigate.attribute, prob_columns(classes)
     frames = {}
@@ -279,7 +295,7 @@ def _post_seed(p: Params, model_name: str, run: str, seed: int, log) -> dict:
             raise UserError(
                 f"{f}: missing; run `fairxray train --model {model_name} --method {base}`"
             )
-        frames[split] = read_predictions(f, classes, sensitive)
+        frames[split] = read_predictions(f, classes, sensitive, task=p.data.task)
     val, test = frames["val"], frames["test"]
     new_val, new_test, info = get_mitigation(mitigation).postprocess(
         val[cols].to_numpy(np.float64),
@@ -308,7 +324,7 @@ def _post_seed(p: Params, model_name: str, run: str, seed: int, log) -> dict:
         out = frame.copy()
         out[cols] = probs
         path = paths.prediction_file(model_name, run, seed, split)
-        write_predictions(out, path, classes, sensitive)
+        write_predictions(out, path, classes, sensitive, task=p.data.task)
     log(f"train: {model_name} x {run} seed {seed}: {info['rule']} fitted on val, applied to test")
     return {"seed": seed, "seconds": time.perf_counter() - t0}
 
@@ -340,7 +356,10 @@ def _trained_seed(job: _Job, seed: int, log) -> dict:
     }
     for split, probs in (("val", result.val_probs), ("test", result.test_probs)):
         _write_predictions(
-            job, seed, split, prediction_frame(job.frames[split], probs, job.classes, job.sensitive)
+            job,
+            seed,
+            split,
+            prediction_frame(job.frames[split], probs, job.classes, job.sensitive, job.p.data.task),
         )
     save_run(paths.seed_dir(name, method, seed), result.module, config)
     # The outputs are complete: the checkpoints served only an interrupted run.

@@ -19,6 +19,22 @@ Rules (``ModelSpec.zero_shot``; ``train.zero_shot_rule: cosine_softmax`` forces 
   temperatures 4 and 5); the maximum over the class's prompts; each class's column standardised
   over the scored images (mean 0, sd 1, as upstream does over its evaluation batch; no labels
   used); softmax of the standardised scores (upstream stops at the argmax, which is unchanged).
+
+Multi-label (``data.task: multilabel``; an extension: the paper is multi-class only). Each label
+gets an independent probability from a positive and a negative prompt set, the pairing CheXzero
+introduced for chest X-rays (Tiu et al., Nat. Biomed. Eng. 2022: ``"{}"`` against ``"no {}"``,
+probability ``exp(pos) / (exp(pos) + exp(neg))``). Here the positive set is the multi-class prompt
+set of the label (:func:`class_prompts`); the negative set is the same templates filled with
+``"no <natural name>"`` (:func:`negative_name`), except for ``No Finding``, whose positive name is
+already a negative finding: its negative is ``"acute cardiopulmonary findings"``. Each set is
+scored by the model's own rule as if it were a class (cosine or MedCLIP: at the model's logit
+scale; GLoRIA: the standardised scores), and
+
+    p(label) = softmax(score_pos, score_neg)[0] = 1 / (1 + exp(score_neg - score_pos)).
+
+One departure from CheXzero: upstream scores the raw cosine (scale 1); here the scores carry the
+model's logit scale (CLIP-like models are trained with it, and it is what the multi-class path
+uses), so the probabilities are sharper and the ranking, hence every AUROC, is unchanged.
 """
 
 from __future__ import annotations
@@ -134,6 +150,40 @@ def natural_name(label: str) -> str:
     return NATURAL_NAMES.get(label, label.replace("_", " ").lower())
 
 
+# Multi-label negatives that are not "no <natural name>".
+NEGATIVE_NAMES = {"No Finding": "acute cardiopulmonary findings"}
+POSITIVE, NEGATIVE = "pos", "neg"
+
+
+def negative_name(label: str) -> str:
+    """The finding text of ``label``'s negative prompt set (multi-label zero-shot)."""
+    return NEGATIVE_NAMES.get(label, f"no {natural_name(label)}")
+
+
+def pair_keys(classes: Sequence[str]) -> list[str]:
+    """Pseudo-classes of the pos/neg prompt sets: every label's positive, then every negative."""
+    return [f"{c}|{POSITIVE}" for c in classes] + [f"{c}|{NEGATIVE}" for c in classes]
+
+
+def label_prompts(spec: ModelSpec, classes: Sequence[str]) -> dict[str, list[str]]:
+    """:func:`pair_keys` -> prompts: the positive set is :func:`class_prompts`'s, the negative
+    set the same templates filled with :func:`negative_name`."""
+    pos = class_prompts(spec, classes)
+    templates = PROMPT_SCHEMES[spec.prompt_style]
+    out = {f"{c}|{POSITIVE}": pos[c] for c in classes}
+    out.update(
+        {f"{c}|{NEGATIVE}": [t.format(negative_name(c)) for t in templates] for c in classes}
+    )
+    return out
+
+
+def pair_probs(scores: torch.Tensor) -> np.ndarray:
+    """``[N, 2L]`` scores in :func:`pair_keys` order -> float64 ``[N, L]``: per label, the
+    softmax over its (positive, negative) pair, taken at the positive."""
+    pos, neg = scores.double().chunk(2, dim=1)
+    return torch.softmax(torch.stack([pos, neg], dim=-1), dim=-1)[..., 0].numpy()
+
+
 def class_prompts(spec: ModelSpec, classes: Sequence[str]) -> dict[str, list[str]]:
     """Class -> the prompts whose embeddings are averaged for it, per ``spec.prompt_style``."""
     require_text_tower(spec)
@@ -146,9 +196,12 @@ def class_prompts(spec: ModelSpec, classes: Sequence[str]) -> dict[str, list[str
     return {c: [t.format(natural_name(c)) for t in templates] for c in classes}
 
 
-def text_embeddings(model: ClipModel, classes: Sequence[str]) -> torch.Tensor:
-    """L2-normalised class embeddings ``[n_classes, embed_dim]`` (prompt ensembles averaged)."""
-    prompts = class_prompts(model.spec, classes)
+def text_embeddings(
+    model: ClipModel, classes: Sequence[str], prompts: dict[str, list[str]] | None = None
+) -> torch.Tensor:
+    """L2-normalised class embeddings ``[n_classes, embed_dim]`` (prompt ensembles averaged);
+    ``prompts`` (class -> prompts) replaces :func:`class_prompts` (e.g. :func:`label_prompts`)."""
+    prompts = prompts if prompts is not None else class_prompts(model.spec, classes)
     with torch.inference_mode():
         out = []
         for c in classes:
@@ -245,16 +298,18 @@ def class_logits(
     rule: str,
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    prompts: dict[str, list[str]] | None = None,
 ) -> torch.Tensor:
-    """``[N, n_classes]`` scores whose softmax are the zero-shot probabilities under ``rule``."""
-    prompts = class_prompts(model.spec, classes)
+    """``[N, n_classes]`` scores whose softmax are the zero-shot probabilities under ``rule``;
+    ``prompts`` (class -> prompts) replaces :func:`class_prompts`."""
+    prompts = prompts if prompts is not None else class_prompts(model.spec, classes)
     dev = torch.device(device) if device is not None else model.device
     if rule == "gloria_local_global":
         return _gloria_logits(model, cache, list(image_ids), prompts, classes, batch_size, dev)
     emb = encode_cache(model, cache, list(image_ids), batch_size, dev)
     if rule == "medclip_prompt_mean":
         return _medclip_logits(model, emb, prompts, classes)
-    text = text_embeddings(model, classes).cpu()
+    text = text_embeddings(model, classes, prompts).cpu()
     img = F.normalize(torch.as_tensor(emb, dtype=torch.float32), dim=-1)
     return model.logit_scale() * img @ text.float().T
 
@@ -268,18 +323,34 @@ def predictions(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     rule: str = "model",
+    task: str = "multiclass",
 ) -> pd.DataFrame:
     """Zero-shot predictions for one split, in the predictions contract (docs/architecture.md):
     ``image_id, patient_id, label_idx, prob_<Class>..., <sensitive columns>``. ``rule``: "model"
-    (the model's own, ``ModelSpec.zero_shot``) or "cosine_softmax"."""
+    (the model's own, ``ModelSpec.zero_shot``) or "cosine_softmax". ``task`` multilabel: one
+    independent probability per label from its pos/neg prompt pair (:func:`pair_probs`) and the
+    split's ``y_<Class_Name>`` targets."""
+    from fairxray.adapt.fit.inputs import split_targets
+    from fairxray.metrics.predictions import target_columns
+
     ids = split["image_id"].tolist()
-    logits = class_logits(
-        model, cache, ids, classes, rule_for(model.spec, rule), batch_size, device
-    )
-    probs = torch.softmax(logits.double(), dim=-1).numpy()
+    rule = rule_for(model.spec, rule)
+    if task == "multilabel":
+        keys = pair_keys(classes)
+        scores = class_logits(
+            model, cache, ids, keys, rule, batch_size, device, label_prompts(model.spec, classes)
+        )
+        probs = pair_probs(scores.cpu())
+    else:
+        logits = class_logits(model, cache, ids, classes, rule, batch_size, device)
+        probs = torch.softmax(logits.double(), dim=-1).numpy()
     out = split[["image_id", "patient_id", "label_idx"]].reset_index(drop=True).copy()
     for j, c in enumerate(classes):
         out[f"prob_{c}"] = probs[:, j].astype(np.float64)
+    if task == "multilabel":
+        y = split_targets(split, classes, "split file")
+        for j, col in enumerate(target_columns(classes)):
+            out[col] = y[:, j]
     for col in sensitive:
         out[col] = split[col].to_numpy()
     return out

@@ -8,6 +8,9 @@ output, so DVC stops before it removes any stage's cached outputs. What it check
   and safe names (the names go into stage commands and paths);
 - model names against the model registry and method names against the method registry;
 - the train and tune sections (the checks ``fit`` and the study apply) and every search space;
+- ``data.task`` against the rest (:func:`check_task_params`): ``train.selection`` and
+  ``tune.objective`` valid for the task, and under multilabel a protocol whose splits carry a
+  ``y_<Class>`` target per label, no ``train.class_balanced`` and no ``mitigations``;
 - in the paper profile, the full preflight of the real inputs
   (:func:`fairxray.reproduce.checks.preflight`): every needed image, the metadata checksum and every
   model's weights, all problems in one message.
@@ -77,7 +80,62 @@ def check_sections(p: Params) -> list[str]:
             f"{list(p.methods)}: a mitigated run is compared with its plain method (or set "
             "'mitigations: []')"
         )
-    return problems
+    return problems + check_task_params(p)
+
+
+def check_task_params(p: Params) -> list[str]:
+    """Problems of ``data.task`` with the other sections (see :mod:`fairxray.adapt.fit.task`).
+
+    Under multilabel the mitigations are refused: their hooks and rules are per-row
+    cross-entropy over one class per row (group x class cells, a worst group's accuracy, the
+    group thresholds of a single argmax); the BCE forms are not built."""
+    from fairxray.adapt.fit.task import task_problems
+
+    task, t = p.data.task, p.train
+    problems = task_problems(task, t.selection, t.class_balanced, "train.selection")
+    problems += task_problems(task, p.tune.objective, False, "tune.objective")
+    if task != "multilabel":
+        return problems
+    if p.mitigations:
+        problems.append(
+            f"'mitigations' {list(p.mitigations)}: mitigations are multi-class only; with "
+            "data.task multilabel set 'mitigations: []'"
+        )
+    return problems + _protocol_targets(p)
+
+
+def _protocol_targets(p: Params) -> list[str]:
+    """Multilabel: every ``data.classes`` label needs its ``y_<Class>`` split column. Checked on
+    the split files when ``prepare`` has written them, else against the dataset's labels."""
+    from fairxray import paths
+    from fairxray.data.tables import label_column
+
+    protocol, classes = p.data.protocol, list(p.data.classes)
+    wanted = [label_column(c) for c in classes]
+    first = paths.split_file(protocol, "train")
+    if first.exists():
+        import pyarrow.parquet as pq
+
+        have = set(pq.read_schema(first).names)
+        missing = [c for c in wanted if c not in have]
+        where = str(first)
+    else:
+        from fairxray.data.registry import for_protocol
+        from fairxray.data.splits import NIH  # noqa: F401  (registers every dataset)
+
+        try:
+            labels = set(for_protocol(protocol).labels) | {"No Finding"}
+        except UserError as exc:
+            return [str(exc)]
+        missing = [col for c, col in zip(classes, wanted, strict=True) if c not in labels]
+        where = f"protocol {protocol!r}'s dataset"
+    if not missing:
+        return []
+    return [
+        f"'data.task' multilabel needs a y_<Class> target per label of data.classes; {where} has "
+        f"no {missing[0]!r} ({len(missing)} missing): use a multi-label protocol "
+        "(e.g. nih-official) or data.task multiclass"
+    ]
 
 
 def check_real_inputs(p: Params) -> tuple[list[str], list[str]]:

@@ -13,6 +13,10 @@ batch axis is dynamic. What is exported per method:
 - ``zero_shot``: the image tower + the class text embeddings baked in as a constant, then
   ``softmax(logit_scale * cos)``, as :mod:`fairxray.adapt.zero_shot` computes it.
 
+Under ``data.task: multilabel`` the output is one independent probability per label: the sigmoid
+of the head's logits (what ``train`` writes), and for zero_shot the pos/neg pair softmax of
+:mod:`fairxray.adapt.zero_shot` (both prompt sets' embeddings baked in, cosine rule).
+
 Which seed: the seed of ``params.seeds`` with the best validation score (``train.selection``,
 recorded by ``train``; the first such seed on ties). zero_shot has no score and is deterministic:
 its first seed. Parity: real cached validation images through onnxruntime and PyTorch, at the
@@ -45,30 +49,42 @@ EXPORTERS = ("dynamo", "legacy")
 
 
 class ProbsModel(nn.Module):
-    """Preprocessed images -> class probabilities: ``softmax(head(features(image)))``."""
+    """Preprocessed images -> class probabilities: ``softmax(head(features(image)))``, or with
+    ``multilabel`` the per-label ``sigmoid(head(features(image)))``."""
 
-    def __init__(self, features: nn.Module, head: nn.Module) -> None:
+    def __init__(self, features: nn.Module, head: nn.Module, multilabel: bool = False) -> None:
         super().__init__()
         self.features = features
         self.head = head
+        self.multilabel = multilabel
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.head(self.features(image)), dim=-1)
+        logits = self.head(self.features(image))
+        if self.multilabel:
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=-1)
 
 
 class ZeroShotProbs(nn.Module):
     """Preprocessed images -> ``softmax(logit_scale * cos(image embedding, class embedding))``
     with the class embeddings as a constant buffer."""
 
-    def __init__(self, vision: nn.Module, text_emb: torch.Tensor, logit_scale: float) -> None:
+    def __init__(
+        self, vision: nn.Module, text_emb: torch.Tensor, logit_scale: float, pairs: bool = False
+    ) -> None:
         super().__init__()
         self.vision = vision
         self.register_buffer("text", F.normalize(text_emb.detach().float(), dim=-1).clone())
         self.logit_scale = float(logit_scale)
+        self.pairs = pairs  # multilabel: text rows are every label's positive, then negatives
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         z = F.normalize(self.vision(image), dim=-1)
-        return torch.softmax(self.logit_scale * (z @ self.text.T), dim=-1)
+        scores = self.logit_scale * (z @ self.text.T)
+        if self.pairs:  # softmax over (pos, neg) at pos == sigmoid(pos - neg)
+            pos, neg = scores.chunk(2, dim=1)
+            return torch.sigmoid(pos - neg)
+        return torch.softmax(scores, dim=-1)
 
 
 def merge_lora(module: nn.Module) -> int:
@@ -107,9 +123,12 @@ def choose_seed(model: str, method: str, seeds) -> tuple[int, str]:
     return seed, f"best validation {sel} over params.seeds ({best:.6f}; first on ties)"
 
 
-def build_probs_model(model: str, method: str, seed: int, classes) -> tuple[nn.Module, dict]:
+def build_probs_model(
+    model: str, method: str, seed: int, classes, task: str = "multiclass"
+) -> tuple[nn.Module, dict]:
     """The image -> probabilities module of one trained seed, on CPU in eval mode, and facts
     for the report (preprocess function, ImageSpec, LoRA layers merged, merge difference)."""
+    multilabel = task == "multilabel"
     from fairxray.adapt import zero_shot
     from fairxray.adapt.train import load_trained
     from fairxray.models import create
@@ -120,8 +139,13 @@ def build_probs_model(model: str, method: str, seed: int, classes) -> tuple[nn.M
     info: dict = {"lora_layers_merged": 0}
     if cfg.get("inputs") == "none":
         clip = create(model, weights).eval()
-        text = zero_shot.text_embeddings(clip, list(classes))
-        out = ZeroShotProbs(clip.vision, text, clip.logit_scale())
+        if multilabel:
+            keys = zero_shot.pair_keys(classes)
+            prompts = zero_shot.label_prompts(clip.spec, classes)
+            text = zero_shot.text_embeddings(clip, keys, prompts)
+        else:
+            text = zero_shot.text_embeddings(clip, list(classes))
+        out = ZeroShotProbs(clip.vision, text, clip.logit_scale(), pairs=multilabel)
         info.update(preprocess=clip.preprocess, image=clip.spec.image)
     elif cfg.get("inputs") == "embeddings":
         head, _ = load_trained(sdir, weights)
@@ -131,12 +155,12 @@ def build_probs_model(model: str, method: str, seed: int, classes) -> tuple[nn.M
                 f"{sdir}: the head was trained on {cfg.get('in_dim')}-d embeddings but {model} "
                 f"now gives {clip.spec.embed_dim}-d ones; rerun `fairxray embed` and `train`"
             )
-        out = ProbsModel(clip.vision, head)
+        out = ProbsModel(clip.vision, head, multilabel)
         info.update(preprocess=clip.preprocess, image=clip.spec.image)
     else:
         trained, _ = load_trained(sdir, weights)
         info.update(preprocess=trained.preprocess, image=_image_spec(model))
-        out = ProbsModel(trained.vision, trained.head)
+        out = ProbsModel(trained.vision, trained.head, multilabel)
         info["merge"] = True
     return out.eval().float(), info
 
@@ -313,7 +337,7 @@ def export(p: Params, model: str, method: str, log: Callable[[str], None] = prin
         raise UserError(f"{p.source}: 'export.parity_images' must be at least 2")
     classes = list(p.data.classes)
     seed, why = choose_seed(model, method, list(p.seeds))
-    module, info = build_probs_model(model, method, seed, classes)
+    module, info = build_probs_model(model, method, seed, classes, p.data.task)
     ids, px = parity_pixels(p, e.parity_images)
     with torch.inference_mode():
         x = info["preprocess"](torch.from_numpy(px)).float().numpy()

@@ -18,13 +18,22 @@ from fairxray.errors import UserError
 from fairxray.tune.space import Dim, apply_overrides, suggest
 
 
-def objective_value(objective: str, labels: np.ndarray, probs: np.ndarray) -> float:
+def objective_value(
+    objective: str, labels: np.ndarray, probs: np.ndarray, task: str = "multiclass"
+) -> float:
     """Higher is better, from validation probabilities: macro-F1, accuracy or the negated mean
-    cross-entropy (-mean log p[true class]), as ``fairxray.adapt.fit.selection_score`` defines them."""
+    cross-entropy (-mean log p[true class]), as ``fairxray.adapt.fit.selection_score`` defines them.
+    ``task`` multilabel (``labels`` float [N, L], NaN masked): ``macro_auroc`` or the negated
+    masked BCE (:mod:`fairxray.adapt.fit.task`)."""
     from fairxray.adapt.fit import selection_score
 
-    y = np.asarray(labels, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
+    if task == "multilabel":
+        from fairxray.adapt.fit.task import multilabel_neg_loss
+
+        y = np.asarray(labels, dtype=np.float64)
+        return selection_score(objective, y, p, -multilabel_neg_loss(y, p))
+    y = np.asarray(labels, dtype=np.int64)
     loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-300, None))))
     return selection_score(objective, y, p, loss)
 
@@ -60,6 +69,8 @@ def load_tune_data(p: Params, model_name: str, method: str) -> TuneData:
         embeddings_dir=paths.embeddings(model_name),
         cache=cache,
         group_column=p.mitigate.attribute if mitigated else None,
+        task=p.data.task,
+        classes=p.data.classes,
     )
     new_model = None
     if meth.inputs == "images":
@@ -78,7 +89,7 @@ def fairness_gap(p: Params, val_frame, probs: np.ndarray, key: str) -> float:
     from fairxray.metrics.evaluate import settings as eval_settings
 
     s = dataclasses.replace(eval_settings(p), n_boot=0)
-    df = prediction_frame(val_frame, probs, p.data.classes, p.metrics.sensitive)
+    df = prediction_frame(val_frame, probs, p.data.classes, p.metrics.sensitive, p.data.task)
     # Every metric is computed; only the warnings about the chosen one matter here.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -150,7 +161,9 @@ def make_objective(
         if hp.selection == tp.objective and overall:
             value = float(result.best_score)
         else:
-            value = objective_value(tp.objective, data.fit_data.val.labels, result.val_probs)
+            value = objective_value(
+                tp.objective, data.fit_data.val.labels, result.val_probs, p.data.task
+            )
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", len(result.history))
         trial.set_user_attr("trainable_params", int(result.trainable_params))

@@ -13,7 +13,7 @@ import numpy as np
 from fairxray.config import AugmentParams, TrainParams, TuneParams
 from fairxray.errors import UserError
 
-OBJECTIVES = ("macro_f1", "accuracy", "neg_loss")
+OBJECTIVES = ("macro_f1", "accuracy", "neg_loss", "macro_auroc")  # by task: adapt/fit/task.py
 
 
 PRUNERS = ("median", "none")

@@ -9,6 +9,7 @@ from fairxray.adapt.fit.inputs import (
     epoch_order,
     load_fit_data,
     split_labels,
+    split_targets,
 )
 from fairxray.adapt.fit.loop import (
     DivergedError,
@@ -44,4 +45,5 @@ __all__ = [
     "resolve_device",
     "selection_score",
     "split_labels",
+    "split_targets",
 ]

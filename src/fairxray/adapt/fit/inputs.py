@@ -16,7 +16,7 @@ from fairxray.errors import UserError
 class SplitInputs:
     """One split as the trainer sees it: labels plus either cached features or uint8 pixels."""
 
-    labels: np.ndarray  # int64 [N], class indices
+    labels: np.ndarray  # int64 [N], class indices; multilabel: float [N, L] 1/0/NaN (masked)
     features: np.ndarray | None = None  # float32 [N, D] (linear_probe, mlp)
     pixels: np.ndarray | None = None  # uint8 [N, S, S] (lora, full_ft)
     # float32 [K, N, D]: K cached augmented views per row (train split, train.frozen_augment_views)
@@ -34,6 +34,7 @@ class FitData:
     val: SplitInputs
     test: SplitInputs | None = None
     group_names: tuple[str, ...] = ()  # groups[i] == k means group_names[k] (train's levels)
+    task: str = "multiclass"  # data.task; "multilabel": n_classes independent labels
 
 
 def split_labels(frame, n_classes: int, source: str) -> np.ndarray:
@@ -45,6 +46,28 @@ def split_labels(frame, n_classes: int, source: str) -> np.ndarray:
         raise UserError(
             f"{source}: row {int(bad[0])} has label_idx {int(y[bad[0]])}; training needs one label "
             f"in 0..{n_classes - 1} per row (a single-label protocol)"
+        )
+    return y
+
+
+def split_targets(frame, classes, source: str) -> np.ndarray:
+    """The multi-label targets of a split frame, float64 ``[N, L]``: the ``y_<Class_Name>``
+    columns of ``classes`` in order, each 1, 0 or NaN (masked)."""
+    from fairxray.metrics.predictions import target_columns
+
+    cols = target_columns(classes)
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"{source}: missing column '{missing[0]}' (data.task multilabel needs a y_<Class> "
+            "target column per label of data.classes; is data.protocol a multi-label protocol?)"
+        )
+    y = frame[cols].to_numpy(dtype=np.float64)
+    bad = ~(np.isnan(y) | (y == 0) | (y == 1))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise UserError(
+            f"{source}: row {int(r)}: column '{cols[c]}' is {y[r, c]!r}, not 0, 1 or NaN"
         )
     return y
 
@@ -74,16 +97,22 @@ def load_fit_data(
     embeddings_dir=None,
     cache=None,
     group_column: str | None = None,
+    task: str = "multiclass",
+    classes=None,
 ) -> FitData:
     """Split frames -> :class:`FitData`: embeddings from ``embeddings_dir`` (frozen methods) or
     pixels from ``cache`` (image methods), row for row, repeats expanded; with ``group_column``,
-    each row's sensitive group too (what a mitigation trains on)."""
+    each row's sensitive group too (what a mitigation trains on). ``task`` multilabel reads the
+    targets of ``classes`` (:func:`split_targets`) instead of ``label_idx``."""
     from fairxray.adapt.store import read_embeddings, read_views
 
     names, codes = group_codes(frames, group_column) if group_column else ((), {})
     out = {}
     for split, frame in frames.items():
-        y = split_labels(frame, n_classes, f"{split} split")
+        if task == "multilabel":
+            y = split_targets(frame, classes, f"{split} split")
+        else:
+            y = split_labels(frame, n_classes, f"{split} split")
         ids = frame["image_id"].astype(str).tolist()
         g = codes.get(split)
         if inputs == "embeddings":
@@ -92,7 +121,7 @@ def load_fit_data(
             out[split] = SplitInputs(y, features=feats, feature_views=views, groups=g)
         else:
             out[split] = SplitInputs(y, pixels=cache.get(ids), groups=g)
-    return FitData(n_classes, out["train"], out["val"], out.get("test"), names)
+    return FitData(n_classes, out["train"], out["val"], out.get("test"), names, task)
 
 
 # -- batches --------------------------------------------------------------------------------

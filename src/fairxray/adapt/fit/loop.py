@@ -1,7 +1,8 @@
 """One training loop for Optuna trials and final runs: :func:`fit`.
 
 AdamW, a cosine schedule stepped per batch (one cycle over the run, or the paper's warm restarts),
-cross-entropy, optional class-balanced sampling, the paper's augmentation for image methods (as
+cross-entropy (``data.task`` multilabel: masked BCE and sigmoids, :mod:`fairxray.adapt.fit.task`),
+optional class-balanced sampling, the paper's augmentation for image methods (as
 tensor ops, :mod:`fairxray.adapt.augment`), model selection and early stopping on the validation
 split only (a mitigated run selects on the worst group's validation score; the test split is
 predicted once, after the best epoch is restored), a checkpoint
@@ -45,6 +46,7 @@ from fairxray.adapt.fit.inputs import (
     to_device_inputs,
 )
 from fairxray.adapt.fit.settings import check_train_params, resolve_device
+from fairxray.adapt.fit.task import check_task, macro_auroc, targets_tensor, task_loss, task_probs
 from fairxray.adapt.lora import lora_gradient_problems, lora_parameters
 from fairxray.config import TrainParams
 from fairxray.errors import UserError
@@ -63,7 +65,7 @@ class FitResult:
     best_epoch: int  # 1-based
     best_score: float  # validation score named by ``selection``
     selection: str
-    val_probs: np.ndarray  # float64 [N_val, C], softmax of the best epoch
+    val_probs: np.ndarray  # float64 [N_val, C]: softmax (multiclass) or sigmoid of the best epoch
     test_probs: np.ndarray | None
     trainable_params: int
     resumed_from: int = 0  # epochs restored from a checkpoint (0 = fresh start)
@@ -73,9 +75,13 @@ class FitResult:
 
 def selection_score(selection: str, labels: np.ndarray, probs: np.ndarray, loss: float) -> float:
     """Higher is better: macro-F1 over all classes (absent classes count as 0), accuracy, or the
-    negated mean cross-entropy (the paper keeps the epoch with the lowest validation loss)."""
+    negated mean cross-entropy (the paper keeps the epoch with the lowest validation loss).
+    Multilabel (``labels`` float [N, L], NaN masked): ``macro_auroc`` or ``neg_loss`` (the negated
+    masked BCE), :mod:`fairxray.adapt.fit.task`."""
     if selection == "neg_loss":
         return -float(loss)
+    if selection == "macro_auroc":
+        return macro_auroc(labels, probs)
     pred = probs.argmax(axis=1)
     if selection == "accuracy":
         return float((pred == labels).mean())
@@ -157,9 +163,9 @@ def predict_logits(
     return torch.cat(out)
 
 
-def _probs(logits: torch.Tensor) -> np.ndarray:
+def _probs(logits: torch.Tensor, task: str = "multiclass") -> np.ndarray:
     # float64 softmax: rows sum to 1 within ~1e-16, far inside the predictions contract.
-    return torch.softmax(logits.double(), dim=1).cpu().numpy()
+    return task_probs(task, logits)
 
 
 def _make_scheduler(opt, hp: TrainParams, steps_per_epoch: int):
@@ -198,12 +204,15 @@ def fit(
     from ``data.train.groups``; it sees the training split only.
     """
     check_train_params(hp)
+    check_task(data.task, hp.selection, hp.class_balanced, "train", "train.selection")
     meth = adapt.get_method(method)
     if meth.build is None:
         raise ValueError(f"method {method!r} does not train; use its own predictions")
     _, mitigation = split_run(method)
     if mitigation != NONE and get_mitigation(mitigation).kind != "train":
         raise ValueError(f"mitigation {mitigation!r} does not train; it post-processes predictions")
+    if mitigation != NONE and data.task == "multilabel":
+        raise UserError(f"{method}: mitigations are multi-class only (data.task multilabel)")
     say = log or (lambda _msg: None)
     device = resolve_device(hp.device)
     with _run_context(device, hp.num_threads):
@@ -239,6 +248,7 @@ class _Run:
     hook: TrainHook | None = None  # the run's mitigation (None: plain cross-entropy)
     g_train_dev: torch.Tensor | None = None  # the training rows' group codes
     g_val: np.ndarray | None = None  # the validation rows' group codes (worst-group selection)
+    task: str = "multiclass"  # data.task: the loss and probabilities (fit/task.py)
 
 
 def _mitigation_hook(run: str, data: FitData, hp) -> TrainHook | None:
@@ -276,12 +286,12 @@ def _setup(meth, run, data: FitData, hp, seed, model, device, fingerprinted: boo
 
     x_train = to_device_inputs(data.train, meth.inputs, device)
     x_val = to_device_inputs(data.val, meth.inputs, device)
-    y_train = torch.from_numpy(np.array(data.train.labels, dtype=np.int64))  # a copy
-    y_val = np.array(data.val.labels, dtype=np.int64)
+    y_train = targets_tensor(data.task, data.train.labels)  # a copy
+    y_val = targets_tensor(data.task, data.val.labels).numpy()
     if len(y_train) < 2:
         raise UserError("train split: needs at least 2 rows")
     for name, y in (("train", y_train.numpy()), ("val", y_val)):
-        if y.min() < 0 or y.max() >= data.n_classes:
+        if data.task == "multiclass" and (y.min() < 0 or y.max() >= data.n_classes):
             raise UserError(f"{name} split: label_idx outside 0..{data.n_classes - 1}")
 
     # Built after the module, so an adversary's initialisation draws come after the head's.
@@ -316,6 +326,7 @@ def _setup(meth, run, data: FitData, hp, seed, model, device, fingerprinted: boo
         hook=hook,
         g_train_dev=_groups_on(data.train.groups, device) if hook is not None else None,
         g_val=None if hook is None else data.val.groups,
+        task=data.task,
     )
 
 
@@ -360,7 +371,7 @@ def _train_epoch(r: _Run, epoch: int) -> tuple[float, int, float]:
             logits = (module if r.forward is None else r.forward)(xb)
         y_b = r.y_train_dev[idx_dev]
         if r.hook is None:
-            loss = F.cross_entropy(logits.float(), y_b)
+            loss = task_loss(r.task, logits, y_b)
         else:
             ce = F.cross_entropy(logits.float(), y_b, reduction="none")
             loss = r.hook.loss(ce, r.g_train_dev[idx_dev], y_b, logits)
@@ -383,11 +394,11 @@ def _validate(r: _Run, epoch: int, train_loss: float, seen: int, train_seconds: 
     """The validation loss and selection score after ``epoch``: one history entry."""
     t_eval = time.perf_counter()
     logits = predict_logits(r.module, r.x_val, r.meth.inputs, r.hp.embed_batch_size, r.device)
-    val_loss = float(F.cross_entropy(logits, r.y_val_dev))
+    val_loss = float(task_loss(r.task, logits, r.y_val_dev))
     if r.g_val is not None:
         score = worst_group_score(r.hp.selection, r.y_val, _probs(logits), r.g_val)
     else:
-        score = selection_score(r.hp.selection, r.y_val, _probs(logits), val_loss)
+        score = selection_score(r.hp.selection, r.y_val, _probs(logits, r.task), val_loss)
     return {
         "epoch": epoch,
         "train_loss": train_loss,
@@ -460,11 +471,11 @@ def _finish(r: _Run, data: FitData, state, ckpt, best: dict, resumed_from: int) 
     module, inputs, bs = r.module, r.meth.inputs, r.hp.embed_batch_size
     module.load_state_dict(ck.load_best(ckpt, state.best_epoch) if ckpt else best["state"])
     module.eval()
-    val_probs = _probs(predict_logits(module, r.x_val, inputs, bs, r.device))
+    val_probs = _probs(predict_logits(module, r.x_val, inputs, bs, r.device), r.task)
     test_probs = None
     if data.test is not None:
         x_test = to_device_inputs(data.test, inputs, r.device)
-        test_probs = _probs(predict_logits(module, x_test, inputs, bs, r.device))
+        test_probs = _probs(predict_logits(module, x_test, inputs, bs, r.device), r.task)
     return FitResult(
         method=r.meth.name,
         module=module,

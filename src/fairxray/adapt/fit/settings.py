@@ -11,7 +11,7 @@ from fairxray.config import TrainParams
 from fairxray.errors import UserError
 
 SCHEDULERS = ("cosine", "cosine_warm_restarts")
-SELECTIONS = ("macro_f1", "accuracy", "neg_loss")
+SELECTIONS = ("macro_f1", "accuracy", "neg_loss", "macro_auroc")  # by task: fit/task.py
 DEVICES = ("auto", "cpu", "cuda")
 ZERO_SHOT_OVERRIDES = ("model", "cosine_softmax")  # see fairxray.adapt.zero_shot
 
