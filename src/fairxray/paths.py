@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# A mitigated run is ``<method>+<mitigation>`` on disk, in stages and in MLflow; ``none`` is the
+# plain method (fairxray.mitigate.registry validates the names).
+NO_MITIGATION = "none"
+RUN_SEP = "+"
+
 SPLITS = ("train", "val", "test")
 
 DATA = Path("data")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ import pandas as pd
 from fairxray import paths
 from fairxray.config import Params
 from fairxray.data import chexpert, mimic, nih  # noqa: F401  (chexpert, mimic register)
+from fairxray.data.manifest import manifest_sha256  # noqa: F401  (the studies' and runs' data key)
 from fairxray.data.registry import DatasetSpec, Loaded, for_protocol, register
 from fairxray.data.tables import portable_path
 from fairxray.errors import UserError
@@ -205,10 +205,3 @@ def load_splits(protocol: str, drop_skipped: bool = True) -> dict[str, pd.DataFr
     return frames
 
 
-def manifest_sha256(protocol: str) -> str:
-    """sha256 of ``data/splits/<protocol>/manifest.json`` (its NIH metadata hash and split
-    counts): what the studies, runs and tags identify the data by."""
-    path = paths.splits(protocol) / "manifest.json"
-    if not path.exists():
-        raise UserError(f"{path}: no split manifest; run `fairxray prepare --protocol {protocol}`")
-    return hashlib.sha256(path.read_bytes()).hexdigest()

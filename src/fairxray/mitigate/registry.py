@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fairxray.errors import UserError
+from fairxray.paths import NO_MITIGATION as NONE
+from fairxray.paths import RUN_SEP as SEP
 
-NONE = "none"
-SEP = "+"
 KINDS = ("train", "post")
 
 

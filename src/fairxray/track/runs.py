@@ -133,7 +133,7 @@ def git_info(root: str | Path = ".") -> dict[str, str]:
 def common_tags(p: Params, model: str, method: str, stage: str) -> dict[str, str]:
     """Tags of every run: git commit (also MLflow's own source tag), the DVC stage, profile,
     protocol and the data manifest's hash."""
-    from fairxray.data.splits import manifest_sha256
+    from fairxray.data.manifest import manifest_sha256
 
     git = git_info()
     tags = {
@@ -175,9 +175,10 @@ def _describe(cl, registered: dict, p: Params, model: str, method: str) -> None:
 
 
 def _mitigation(run: str) -> str:
-    from fairxray.mitigate import split_run
-
-    return split_run(run)[1]
+    """``mlp+group_dro`` -> ``group_dro``, ``mlp`` -> ``none``. `check` has validated the names
+    against the registry; parsing here spares `track` importing every mitigation (torch)."""
+    _, sep, mitigation = run.partition(paths.RUN_SEP)
+    return mitigation if sep else paths.NO_MITIGATION
 
 
 def _filter(tags: dict[str, str]) -> str:
@@ -616,6 +617,9 @@ def _log_onnx(cl, run_id, report, report_path, p, model, method) -> dict:
             signature=onnx_signature(report),
             registered_model_name=name,
             save_as_external_data=False,
+            # The flavor's own defaults (onnx, onnxruntime, pinned to the installed versions):
+            # what MLflow's inference falls back to, without its 10 s model-loading subprocess.
+            pip_requirements=mlflow.onnx.get_default_pip_requirements(),
         )
         mlflow.log_artifact(str(report_path), "model")
     version = str(info.registered_model_version)

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 from torch import nn
 
 from fairxray import adapt
@@ -86,6 +85,8 @@ def selection_score(selection: str, labels: np.ndarray, probs: np.ndarray, loss:
     if selection == "accuracy":
         return float((pred == labels).mean())
     if selection == "macro_f1":
+        from sklearn.metrics import f1_score  # here: export and embed import this module, not it
+
         n = probs.shape[1]
         return float(
             f1_score(labels, pred, labels=list(range(n)), average="macro", zero_division=0)
