@@ -83,7 +83,7 @@ class DataParams:
     n_val: int  # per cell
     n_test: int  # per cell
     seed: int  # sampling and split seed (the paper: 42)
-    official_val_fraction: float  # nih-official: share of train_val patients held out for val
+    official_val_fraction: float  # nih-official, nih-demo-official: share of train_val patients in val
     # "multiclass": one label per image (label_idx, softmax; the 6x200 protocols). "multilabel":
     # data.classes are independent targets (y_<Class> 0/1 columns, per-label sigmoid/BCE).
     task: str = "multiclass"
