@@ -398,3 +398,14 @@ def test_the_planted_underdiagnosis_gap_is_learned(small):
     )
     assert auc > 0.75
     assert planted > 0.05 and planted - control > 0.05
+
+
+def test_resume_key_follows_the_findings(small):
+    # An interrupted build is reused only for the same inputs: a changed finding is a new input.
+    rows = small[0]["test"].iloc[:20].reset_index(drop=True)
+    im = ImagesParams(size=32, min_source_size=8, on_error="fail", workers=1, synthetic=SYN)
+    key = images_mod.resume_key(rows, None, {}, im, 15, ["0-59", "60-99"])
+    flipped = rows.copy()
+    flipped.loc[0, "y_Nodule"] = 1.0 - flipped.loc[0, "y_Nodule"]
+    assert images_mod.resume_key(flipped, None, {}, im, 15, ["0-59", "60-99"]) != key
+    assert images_mod.resume_key(rows.copy(), None, {}, im, 15, ["0-59", "60-99"]) == key
