@@ -173,20 +173,17 @@ def test_official_protocol_is_patient_disjoint(meta, tmp_path):
     (tmp_path / "test_list.txt").write_text(
         "\n".join(rows[rows["patient_id"].isin(test_p)]["image_id"])
     )
-    s = nih.protocol_official(meta, tmp_path, (0, 60, 100), 0.2, 42)
+    s = nih.protocol_official(meta, tmp_path, (0, 60, 100), 0.2, 42, nih.TARGETS)
     assert len(s["train"]) + len(s["val"]) + len(s["test"]) == len(rows)
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         assert not set(s[a]["patient_id"]) & set(s[b]["patient_id"])
     assert s["val"]["patient_id"].nunique() == 9  # round(0.2 * 45 train_val patients)
     labels = [c for c in s["test"].columns if c.startswith("y_")]
-    assert len(labels) == 14
+    assert len(labels) == 15 and labels[-1] == "y_No_Finding"  # 14 findings + No Finding
     multi = s["train"]["label"].str.contains("|", regex=False)
     assert (s["train"].loc[multi, "label_idx"] == -1).all()
     assert (
-        s["train"][labels].sum(axis=1)
-        == s["train"]["label"]
-        .str.split("|")
-        .map(lambda x: len([v for v in x if v != "No Finding"]))
+        s["train"][labels].sum(axis=1) == s["train"]["label"].str.split("|").map(len)
     ).all()
 
 
@@ -196,7 +193,7 @@ def test_official_protocol_rejects_unknown_ids(meta, tmp_path):
     with pytest.raises(
         UserError, match=r"train_val_list\.txt: 1 image id\(s\) not in the metadata"
     ):
-        nih.protocol_official(meta, tmp_path, (0, 60, 100), 0.1, 0)
+        nih.protocol_official(meta, tmp_path, (0, 60, 100), 0.1, 0, nih.TARGETS)
 
 
 # --- metadata validation: one test per kind of bad input --------------------------------------

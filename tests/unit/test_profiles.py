@@ -124,3 +124,22 @@ def test_paper_profile_rejects_nonexistent_paths_at_once(work, capsys):
     assert "no-nih: no such folder (data.images_dir)" in err
     assert "w: no such file (data.metadata)" in err  # a folder where a file is needed
     assert (work / "params.yaml").read_text() == before
+
+
+def test_demo_multilabel_profile_checks_and_demo_restores_it(work):
+    import yaml
+
+    from fairxray.data.nih import TARGETS
+
+    shipped = (work / "params.yaml").read_bytes()
+    assert cli.main(["profile", "demo-multilabel"]) == 0
+    p = load_params(work / "params.yaml")
+    assert p.profile == "demo" and p.data.task == "multilabel"
+    assert p.data.protocols == ("nih-demo-official",) and p.data.protocol == "nih-demo-official"
+    assert set(p.data.classes) == set(TARGETS) and len(p.data.classes) == 15
+    assert p.data.demo_official_images == 3000 and p.images.size == 32 and p.models == ("toy",)
+    assert p.mitigations == () and 1 <= len(p.methods) < 5
+    assert cli.main(["check"]) == 0  # `fairxray check` accepts it
+    assert yaml.safe_load((work / "check" / "params.json").read_text())["ok"] is True
+    assert cli.main(["profile", "demo"]) == 0
+    assert (work / "params.yaml").read_bytes() == shipped

@@ -172,20 +172,22 @@ def build_cache(
     notes: list[Problem] = []
     if images_dir is None:
         age_index = {g: i for i, g in enumerate(age_groups)}
+        findings = synthetic.row_findings(todo)  # None: single-label rows
         for i, r in enumerate(
             tqdm(todo.itertuples(), total=len(todo), disable=not progress, desc="render")
         ):
-            if not work.done[i]:
+            if work.done[i]:
+                continue
+            age, syn = age_index[r.age_group], params.synthetic
+            if findings is None:
                 work.pixels[i] = synthetic.render(
-                    r.image_id,
-                    int(r.label_idx),
-                    age_index[r.age_group],
-                    r.sex,
-                    params.size,
-                    params.synthetic,
-                    n_classes,
+                    r.image_id, int(r.label_idx), age, r.sex, params.size, syn, n_classes
                 )
-                work.done[i] = True
+            else:
+                work.pixels[i] = synthetic.render_findings(
+                    r.image_id, findings[i], age, r.sex, params.size, syn
+                )
+            work.done[i] = True
         work.commit()
     else:
         problems, notes = _decode_all(ids, work, Path(images_dir), files, params, progress)
@@ -225,8 +227,10 @@ def resume_key(
     if images_dir is None:
         h.update(json.dumps(dataclasses.asdict(params.synthetic), sort_keys=True).encode())
         h.update(json.dumps([n_classes, list(age_groups)]).encode())
-        for r in todo.itertuples():
-            h.update(f"{r.image_id}|{int(r.label_idx)}|{r.age_group}|{r.sex}\n".encode())
+        findings = synthetic.row_findings(todo)
+        for i, r in enumerate(todo.itertuples()):
+            more = "" if findings is None else "|" + ",".join(findings[i])
+            h.update(f"{r.image_id}|{int(r.label_idx)}|{r.age_group}|{r.sex}{more}\n".encode())
         return {"source": "synthetic", "inputs_sha256": h.hexdigest()}
     for v in todo["image_id"].astype(str):
         f = files.get(v)
@@ -319,6 +323,11 @@ def _publish(
             "sex_signal_scale": dict(params.synthetic.sex_signal_scale),
             "note": "DEMO: synthetic images with a planted group effect (fairxray.data.synthetic)",
         }
+        if all(synthetic.has_findings(df.columns) for df in splits.values()):
+            manifest["synthetic"]["findings"] = (
+                "multi-label: each image carries the pattern of every finding in its metadata "
+                "row, at the group amplitude (planted underdiagnosis)"
+            )
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,23 @@ Protocols (``fairxray prepare --protocol NAME``):
     short of ``per_cell`` patients keeps its full val and test quota (the evaluation sets stay balanced
     across groups) and takes the shortfall out of train; the manifest reports it per cell.
 ``nih-official``
-    NIH's patient-wise ``train_val_list.txt`` / ``test_list.txt``, all 14 labels (multi-hot ``y_<Label>``
-    columns), and a validation split of whole patients carved from train_val.
+    NIH's patient-wise ``train_val_list.txt`` / ``test_list.txt`` and a validation split of whole
+    patients carved from train_val (``data.official_val_fraction`` of its patients, ``data.seed``).
+``nih-demo-official``
+    A DEMO stand-in for ``nih-official`` when NIH's list files are absent (they ship in no wheel):
+    whole patients drawn from the metadata until the test share of images is NIH's (25,596 of
+    112,120 images, 22.8 %), then val carved from train_val as in ``nih-official``. With
+    ``data.demo_official_images`` set, a random set of whole patients of about that many images is
+    drawn first and split the same way. The draw is repeated with the next seed of the sequence
+    until every split holds a positive and a negative of every target (Hernia, the rarest, has 227
+    images from 134 patients: a 3,000-image draw often has none in val), and the manifest records
+    the draw used and the proportions reached.
+
+Both official protocols carry the multi-label targets: one float column ``y_<Label>`` (1.0 / 0.0)
+per NIH finding and ``y_No_Finding`` (:data:`TARGETS`), from the metadata's ``Finding Labels``.
+``label_idx`` indexes ``data.classes`` as in the 6x200 protocols: the row's one label when its
+``Finding Labels`` is exactly one entry of ``data.classes`` (``No Finding`` included when listed),
+else -1.
 """
 
 from __future__ import annotations
@@ -33,7 +48,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from fairxray.data.tables import TableError
+from fairxray.data.tables import TableError, label_column
 from fairxray.errors import UserError
 
 NIH_LABELS = (
@@ -53,7 +68,14 @@ NIH_LABELS = (
     "Pneumothorax",
 )
 NO_FINDING = "No Finding"
-PROTOCOLS = ("nih6x200-paper", "nih6x200-clean", "nih-official")
+TARGETS = (*NIH_LABELS, NO_FINDING)  # the multi-label targets of the official protocols
+PROTOCOLS = ("nih6x200-paper", "nih6x200-clean", "nih-official", "nih-demo-official")
+OFFICIAL = ("nih-official", "nih-demo-official")  # multi-label splits (y_<Label> columns)
+# NIH's train_val_list.txt / test_list.txt sizes: the test share the demo protocol draws to.
+OFFICIAL_TRAIN_VAL_IMAGES = 86_524
+OFFICIAL_TEST_IMAGES = 25_596
+OFFICIAL_TEST_SHARE = OFFICIAL_TEST_IMAGES / (OFFICIAL_TRAIN_VAL_IMAGES + OFFICIAL_TEST_IMAGES)
+DEMO_MAX_DRAWS = 1000  # draws tried before a too-small data.demo_official_images is an error
 SEXES = ("M", "F")  # the notebook's loop order
 SPLIT_COLUMNS = ("image_id", "patient_id", "label", "label_idx", "age", "sex", "age_group", "view")
 
@@ -339,8 +361,57 @@ def read_list(path: Path) -> list[str]:
     return ids
 
 
+def targets_frame(
+    meta: pd.DataFrame, age_bins: Sequence[int], classes: Sequence[str]
+) -> pd.DataFrame:
+    """``meta`` with what every official split row carries: ``age_group``, ``label`` (the Finding
+    Labels string), ``label_idx`` (index into ``classes``, -1 unless the row is exactly one of them)
+    and one float ``y_<Label>`` per entry of :data:`TARGETS`."""
+    labels = meta["labels"]
+    single = ~labels.str.contains("|", regex=False)
+    index = {c: i for i, c in enumerate(classes)}
+    only = labels.map(index).where(single).fillna(-1).astype(int)
+    out = meta.assign(age_group=age_group(meta["age"], age_bins), label=labels, label_idx=only)
+    padded = "|" + labels + "|"  # whole labels only: "Mass" must not match a longer name
+    targets = {
+        label_column(c): padded.str.contains(f"|{c}|", regex=False).astype(float) for c in TARGETS
+    }
+    return pd.concat([out, pd.DataFrame(targets, index=meta.index)], axis=1)
+
+
+OFFICIAL_COLUMNS = (*SPLIT_COLUMNS, *(label_column(c) for c in TARGETS))
+
+
+def _n_val(fraction: float, patients: int) -> int:
+    return max(1, round(fraction * patients))
+
+
+def _val_patients(train_val: pd.DataFrame, fraction: float, rng: np.random.Generator) -> set:
+    """``round(fraction x patients)`` whole patients (at least one) of ``train_val``, drawn from
+    the sorted patient list: the same draw whatever the file order."""
+    patients = np.array(sorted(train_val["patient_id"].unique()))
+    return set(rng.choice(patients, size=_n_val(fraction, len(patients)), replace=False))
+
+
+def _official_splits(
+    train_val: pd.DataFrame, test: pd.DataFrame, val_patients: set
+) -> dict[str, pd.DataFrame]:
+    cols = list(OFFICIAL_COLUMNS)
+    is_val = train_val["patient_id"].isin(val_patients)
+    return {
+        "train": train_val[~is_val][cols].reset_index(drop=True),
+        "val": train_val[is_val][cols].reset_index(drop=True),
+        "test": test[cols].reset_index(drop=True),
+    }
+
+
 def protocol_official(
-    meta: pd.DataFrame, lists_dir: Path, age_bins: Sequence[int], val_fraction: float, seed: int
+    meta: pd.DataFrame,
+    lists_dir: Path,
+    age_bins: Sequence[int],
+    val_fraction: float,
+    seed: int,
+    classes: Sequence[str],
 ) -> dict[str, pd.DataFrame]:
     """NIH's patient-wise split; val = whole patients drawn from train_val with ``seed``."""
     train_val = read_list(lists_dir / "train_val_list.txt")
@@ -357,26 +428,115 @@ def protocol_official(
         raise UserError(
             f"{lists_dir}: {len(both)} image id(s) in both lists, e.g. {sorted(both)[:3]}"
         )
-    df = meta.assign(age_group=age_group(meta["age"], age_bins))
-    multi = df["labels"].str.split("|")
-    for c in NIH_LABELS:
-        df[f"y_{c}"] = multi.map(lambda ls, c=c: int(c in ls))
-    single = multi.map(len) == 1
-    index = {c: i for i, c in enumerate(NIH_LABELS)}
-    df["label"] = df["labels"]
-    df["label_idx"] = np.where(single, df["labels"].map(index).fillna(-1), -1).astype(int)
-    df = df.set_index("image_id", drop=False)
+    df = targets_frame(meta, age_bins, classes).set_index("image_id", drop=False)
     tv = df.loc[train_val]
-    patients = np.array(sorted(tv["patient_id"].unique()))
-    rng = np.random.default_rng(seed)
-    n_val = max(1, round(val_fraction * len(patients)))
-    val_patients = set(rng.choice(patients, size=n_val, replace=False))
-    cols = list(SPLIT_COLUMNS) + [f"y_{c}" for c in NIH_LABELS]
-    is_val = tv["patient_id"].isin(val_patients)
+    val = _val_patients(tv, val_fraction, np.random.default_rng(seed))
+    return _official_splits(tv, df.loc[test], val)
+
+
+def _leading(cum: np.ndarray, target: float, lo: int, hi: int) -> int:
+    """How many leading patients (``lo``..``hi``) bring the cumulative image count closest to
+    ``target`` (the first such count on ties)."""
+    n = np.arange(lo, hi + 1)
+    return int(n[np.argmin(np.abs(cum[n - 1] - target))])
+
+
+def _demo_draw(
+    counts: np.ndarray, cap: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(test, train_val) patient positions: a random order of the patients, cut first at about
+    ``cap`` images (when set), then at the official test share of what was kept."""
+    order = rng.permutation(len(counts))
+    cum = np.cumsum(counts[order])
+    if cap is not None and cap < cum[-1]:
+        k = _leading(cum, cap, min(3, len(cum)), len(cum))
+        order, cum = order[:k], cum[:k]
+    if len(order) < 3:
+        raise UserError(f"nih-demo-official: {len(order)} patient(s) cannot make three splits")
+    j = _leading(cum, OFFICIAL_TEST_SHARE * cum[-1], 1, len(order) - 2)
+    return order[:j], order[j:]
+
+
+def _uncovered(positives: np.ndarray, sizes: np.ndarray, groups: dict[str, np.ndarray]) -> list:
+    """``split: label`` for every split without a positive or without a negative of a target
+    (``positives``: patients x targets, positive images; ``sizes``: images per patient)."""
+    missing = []
+    for name, members in groups.items():
+        pos = positives[members].sum(axis=0)
+        neg = sizes[members].sum() - pos
+        missing += [
+            f"{name}: {c}" for c, a, b in zip(TARGETS, pos, neg, strict=True) if not a or not b
+        ]
+    return missing
+
+
+def protocol_demo_official(
+    meta: pd.DataFrame,
+    age_bins: Sequence[int],
+    val_fraction: float,
+    seed: int,
+    classes: Sequence[str],
+    cap: int | None,
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The DEMO official-proportions split (module docstring); returns splits and the manifest's
+    ``demo`` record. Rows outside ``age_bins`` (no age group to render or analyse) are left out
+    before the draw and counted."""
+    df = targets_frame(meta, age_bins, classes)
+    outside = int(df["age_group"].isna().sum())
+    df = df[df["age_group"].notna()]
+    patients, inverse = np.unique(df["patient_id"].to_numpy(), return_inverse=True)
+    sizes = np.bincount(inverse, minlength=len(patients))
+    y = df[[label_column(c) for c in TARGETS]].to_numpy()
+    positives = np.zeros((len(patients), len(TARGETS)))
+    np.add.at(positives, inverse, y)
+    missing: list[str] = []
+    for draw in range(DEMO_MAX_DRAWS):
+        rng = np.random.default_rng([seed, draw])
+        test, train_val = _demo_draw(sizes, cap, rng)
+        # As _val_patients: the positions index the sorted patient ids, so sorting them sorts
+        # the ids.
+        train_val = np.sort(train_val)
+        val = rng.choice(train_val, size=_n_val(val_fraction, len(train_val)), replace=False)
+        is_val = np.isin(train_val, val)
+        groups = {"train": train_val[~is_val], "val": np.sort(val), "test": test}
+        missing = _uncovered(positives, sizes, groups)
+        if not missing:
+            break
+    else:
+        raise UserError(
+            f"nih-demo-official: none of {DEMO_MAX_DRAWS} draws of about {cap} images gives every "
+            f"split a positive and a negative of every label (e.g. {', '.join(missing[:3])}); "
+            "raise data.demo_official_images or set it to null (all images)"
+        )
+    split_of = np.empty(len(patients), dtype=object)
+    for name, members in groups.items():
+        split_of[members] = name
+    chosen = pd.Series(split_of[inverse], index=df.index)
+    tv = df[chosen.isin(["train", "val"])]
+    splits = _official_splits(tv, df[chosen == "test"], set(patients[groups["val"]]))
+    return splits, _demo_record(splits, cap, draw, outside, len(meta))
+
+
+def _demo_record(splits: dict[str, pd.DataFrame], cap, draw: int, outside: int, rows: int) -> dict:
+    n = {k: int(len(v)) for k, v in splits.items()}
+    total = sum(n.values())
+    tv_patients = splits["train"]["patient_id"].nunique() + splits["val"]["patient_id"].nunique()
     return {
-        "train": tv[~is_val][cols].reset_index(drop=True),
-        "val": tv[is_val][cols].reset_index(drop=True),
-        "test": df.loc[test][cols].reset_index(drop=True),
+        "note": (
+            "DEMO protocol: a seeded patient-wise draw from the NIH metadata in the official "
+            "proportions, not NIH's train_val_list.txt / test_list.txt"
+        ),
+        "demo_official_images": cap,
+        "draw": draw,  # draws before it lacked a positive or negative of some label in some split
+        "metadata_rows": rows,
+        "left_out_outside_age_bins": outside,
+        "images": total,
+        "official_test_share": round(OFFICIAL_TEST_SHARE, 6),
+        "test_share": round(n["test"] / total, 6),
+        "val_share_of_train_val_patients": round(
+            splits["val"]["patient_id"].nunique() / tv_patients, 6
+        ),
+        "val_share_of_train_val_images": round(n["val"] / (n["train"] + n["val"]), 6),
     }
 
 
@@ -405,7 +565,12 @@ def leakage(splits: dict[str, pd.DataFrame]) -> dict:
 
 
 def cell_counts(splits: dict[str, pd.DataFrame]) -> list[dict]:
-    """Rows per split x (label, age_group, sex) cell, for the manifest."""
+    """For the manifest: rows per split x (label, age_group, sex) cell; in the official
+    (multi-label) protocols, positives of each target per split x (age_group, sex) instead (their
+    Finding Labels strings run to hundreds of combinations)."""
+    columns = [label_column(c) for c in TARGETS]
+    if all(set(columns) <= set(df.columns) for df in splits.values()):
+        return _target_counts(splits, columns)
     rows = []
     for name, df in splits.items():
         grouped = df.groupby(["label", "age_group", "sex"], sort=True).size()
@@ -413,4 +578,25 @@ def cell_counts(splits: dict[str, pd.DataFrame]) -> list[dict]:
             {"split": name, "label": k[0], "age_group": k[1], "sex": k[2], "n": int(v)}
             for k, v in grouped.items()
         ]
+    return rows
+
+
+def _target_counts(splits: dict[str, pd.DataFrame], columns: list[str]) -> list[dict]:
+    rows = []
+    for name, df in splits.items():
+        grouped = df.groupby(["age_group", "sex"], sort=True)
+        for (group, sex), part in grouped:
+            n = int(len(part))
+            pos = part[columns].sum()
+            rows += [
+                {
+                    "split": name,
+                    "age_group": group,
+                    "sex": sex,
+                    "target": t,
+                    "n": n,
+                    "positives": int(pos[c]),
+                }
+                for t, c in zip(TARGETS, columns, strict=True)
+            ]
     return rows

@@ -15,7 +15,7 @@ from fairxray.config import Params
 from fairxray.data import chexpert, mimic, nih  # noqa: F401  (chexpert, mimic register)
 from fairxray.data.manifest import manifest_sha256  # noqa: F401  (the studies' and runs' data key)
 from fairxray.data.registry import DatasetSpec, Loaded, for_protocol, register
-from fairxray.data.tables import portable_path
+from fairxray.data.tables import label_column, portable_path
 from fairxray.errors import UserError
 from fairxray.hashing import sha256_file
 
@@ -30,7 +30,12 @@ SPLIT_PARAMS = (
     "n_test",
     "seed",
     "official_val_fraction",
+    "demo_official_images",
 )
+# Split params only one protocol reads: left out of the other protocols' manifests (so that their
+# manifest, the data identity of every run on them, is unchanged by a key they do not read) and
+# recorded in that protocol's own manifest section.
+PROTOCOL_ONLY = {"demo_official_images": "nih-demo-official"}
 
 
 # How the manifest names torchxrayvision's copy of the metadata (never its install path).
@@ -65,6 +70,16 @@ def make_splits(
             p.data.age_bins,
             p.data.official_val_fraction,
             p.data.seed,
+            p.data.classes,
+        )
+    elif protocol == "nih-demo-official":
+        splits, extra["demo"] = nih.protocol_demo_official(
+            meta,
+            p.data.age_bins,
+            p.data.official_val_fraction,
+            p.data.seed,
+            p.data.classes,
+            p.data.demo_official_images,
         )
     else:
         raise UserError(f"unknown protocol '{protocol}'; known: {', '.join(nih.PROTOCOLS)}")
@@ -91,7 +106,7 @@ def check_splits(p: Params, protocol: str, splits: dict[str, pd.DataFrame], sour
     """Every split must have rows, and train and val every class (test too in the 6x200
     designs): a too-small metadata file fails here, not in a later stage."""
     problems = [f"{name} is empty" for name, df in splits.items() if df.empty]
-    if protocol != "nih-official":
+    if protocol not in nih.OFFICIAL:
         for name, df in splits.items():
             counts = df["label"].value_counts() if not df.empty else pd.Series(dtype=int)
             short = [c for c in p.data.classes if counts.get(c, 0) < MIN_PER_CLASS]
@@ -100,7 +115,7 @@ def check_splits(p: Params, protocol: str, splits: dict[str, pd.DataFrame], sour
     else:
         for name in ("train", "val"):
             df = splits[name]
-            absent = [c for c in nih.NIH_LABELS if not df.empty and df[f"y_{c}"].sum() == 0]
+            absent = [c for c in nih.TARGETS if not df.empty and df[label_column(c)].sum() == 0]
             if absent:
                 problems.append(f"{name} has no positive of {', '.join(absent)}")
     if problems:
@@ -150,15 +165,15 @@ def _read_nih(p: Params) -> Loaded:
 def _nih_splits(p: Params, protocol: str, meta: pd.DataFrame):
     """NIH's splits, validated: known classes, and enough rows of each in every split."""
     source = nih.metadata_path(p.data.metadata)
-    if protocol != "nih-official":
-        check_classes(p, meta, source)
+    check_classes(p, meta, source)
     splits, extra = make_splits(p, protocol, meta)
     check_splits(p, protocol, splits, source)
     return splits, extra
 
 
 def _nih_split_params(p: Params) -> dict:
-    split_params = {k: v for k, v in dataclasses.asdict(p.data).items() if k in SPLIT_PARAMS}
+    keys = set(SPLIT_PARAMS) - set(PROTOCOL_ONLY)
+    split_params = {k: v for k, v in dataclasses.asdict(p.data).items() if k in keys}
     for key in ("metadata", "official_lists_dir"):
         split_params[key] = portable_path(split_params[key])
     return split_params

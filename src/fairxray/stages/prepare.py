@@ -10,7 +10,9 @@ from fairxray.config import load_params
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fairxray prepare", description=__doc__)
     ap.add_argument(
-        "--protocol", required=True, help="nih6x200-paper | nih6x200-clean | nih-official"
+        "--protocol",
+        required=True,
+        help="nih6x200-paper | nih6x200-clean | nih-official | nih-demo-official (or chexpert-*, mimic-official)",
     )
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
