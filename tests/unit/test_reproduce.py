@@ -420,6 +420,15 @@ def test_demo_needs_an_out_folder(monkeypatch, capsys):
     assert "--out: not given" in capsys.readouterr().err
 
 
+def test_demo_refuses_a_real_data_profile(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "out"
+    assert cli.main(["demo", "--profile", "paper", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--profile paper: not a demo profile" in err or "paper profile needs" in err
+    assert not out.exists()  # refused before anything is written
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(REPO)

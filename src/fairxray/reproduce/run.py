@@ -289,16 +289,24 @@ def reproduce(
     return _finish("reproduce", run_dir, commit, say)
 
 
-def demo(params: str, out: str | None, sets: Iterable[str] = (), say=print) -> int:
-    """The demo profile in a run folder under ``out``: no NIH images, weights or GPU."""
+def demo(
+    params: str, out: str | None, sets: Iterable[str] = (), say=print, profile: str = "demo"
+) -> int:
+    """A demo profile (``demo``, or another whose params say ``profile: demo``, such as
+    ``demo-multilabel``) in a run folder under ``out``: no NIH images, weights or GPU."""
     if not out:
         raise UserError(f"--out: not given (or set ${ENV_OUT})")
     project = project_root(Path(params))
     out_dir = Path(out).expanduser().resolve()
-    text, _ = profiled_params(project, Path(params), "demo", parse_sets(sets))
+    text, p = profiled_params(project, Path(params), profile, parse_sets(sets))
+    if not p.is_demo:
+        raise UserError(
+            f"--profile {profile}: not a demo profile (its params say profile: {p.profile}); "
+            "real data runs through `fairxray reproduce`"
+        )
     require_ok(check_out(out_dir), "demo")
     run_dir = prepare_run_dir(project, out_dir, text)
     commit = project_commit(project)
-    write_run_record(run_dir, {"command": "demo", "profile": "demo", "commit": commit})
+    write_run_record(run_dir, {"command": "demo", "profile": profile, "commit": commit})
     say(f"demo: {DEMO_BANNER}; running dvc repro in {run_dir}")
     return _finish("demo", run_dir, commit, say)

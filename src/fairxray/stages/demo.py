@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override one params key after the profile (YAML value)",
     )
+    ap.add_argument(
+        "--profile",
+        default="demo",
+        help="demo profile to apply: demo (default) or demo-multilabel (profiles/)",
+    )
     ap.add_argument("--params", default="params.yaml", help="the project's params.yaml")
     return ap
 
@@ -36,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from fairxray.reproduce.run import demo
 
-    return demo(args.params, args.out, args.set)
+    return demo(args.params, args.out, args.set, profile=args.profile)
