@@ -1,0 +1,202 @@
+"""Data-parallel fit (fairxray.adapt.fit.distributed) on CPU: 2 gloo processes, the toy model.
+
+One spawn of 2 processes (module fixture) runs every 2-process scenario; the tests compare its
+files with 1-process fits run here. The 2-process run must equal the 1-process run with the same
+global batch (8 rows: 4 per rank; the epoch's last batch has 5 rows, split 2 + 3, so the loss
+weighting of unequal shards is exercised), resume from rank 0's checkpoint to the uninterrupted
+result, and refuse a batch size the processes cannot split.
+
+Tolerance (a): the two runs do the same arithmetic except for the order of summation (each rank
+sums its shard's per-row gradients, gloo adds the two partial sums; one process sums all rows at
+once), a float32 rounding difference of ~1e-7 relative per step that AdamW's normalised steps
+carry over the run's 10 steps: measured, ~1e-6 in weights and ~1e-8 in probabilities. atol 2e-5 /
+rtol 1e-4 leaves room for that and is far below what a wrong sharding gives (the control with
+the per-rank batch differs by ~3e-2).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from _trainkit import fit_data, train_params
+
+from fairxray.adapt.fit import distributed, fit
+from fairxray.errors import UserError
+from fairxray.models import create
+
+WORLD = 2
+METHOD = "full_ft"
+ATOL, RTOL = 2e-5, 1e-4
+
+
+def _hp(**kw):
+    # 37 training rows in batches of 8: 8, 8, 8, 8, 5 (the last split 2 + 3 over the ranks).
+    return train_params(**{"epochs": 2, "batch_size": 8, **kw})
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _stop_after(n):
+    def on_epoch(epoch, _score):
+        if epoch == n:
+            raise Interrupted
+
+    return on_epoch
+
+
+def _summary(res) -> dict:
+    return {
+        "state": {k: v.detach().clone() for k, v in res.module.state_dict().items()},
+        "val_probs": res.val_probs,
+        "test_probs": res.test_probs,
+        "history": [
+            {k: e[k] for k in ("epoch", "train_loss", "val_loss", "val_score")}
+            for e in res.history
+        ],
+        "best_epoch": res.best_epoch,
+        "resumed_from": res.resumed_from,
+    }
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+    )
+    torch.set_num_threads(1)
+    data = fit_data()
+    results: dict = {}
+    with distributed.session(torch.device("cpu")):
+        results["world"] = distributed.world_size()
+        results["shards"] = [distributed.shard(start, n) for start, n in ((0, 8), (32, 5))]
+        results["batches"] = [len(b) for b in distributed.batches(torch.arange(37), 8)]
+        results["tail"] = [len(b) for b in distributed.batches(torch.arange(35), 8)]
+        results["plain"] = _summary(fit(METHOD, data, _hp(), seed=0, model=create("toy")))
+        ckpt = os.path.join(out, "ckpt")
+        try:
+            fit(
+                METHOD, data, _hp(), seed=0, model=create("toy"), checkpoint_dir=ckpt,
+                on_epoch=_stop_after(1),
+            )
+        except Interrupted:
+            pass
+        results["files_after_interrupt"] = sorted(os.listdir(ckpt))
+        resumed = fit(METHOD, data, _hp(), seed=0, model=create("toy"), checkpoint_dir=ckpt)
+        results["resumed"] = _summary(resumed)
+        try:
+            fit(METHOD, data, _hp(batch_size=13), seed=0, model=create("toy"))
+            results["odd_batch"] = None
+        except UserError as exc:
+            results["odd_batch"] = str(exc)
+    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    return _summary(fit(METHOD, fit_data(), _hp(), seed=0, model=create("toy")))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def _close_states(a: dict, b: dict) -> None:
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=ATOL, rtol=RTOL, msg=k)
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(two_process, one_process):
+    r0, r1 = two_process
+    assert r0["world"] == r1["world"] == WORLD
+    ddp = r0["plain"]
+    _close_states(ddp["state"], one_process["state"])
+    np.testing.assert_allclose(ddp["val_probs"], one_process["val_probs"], atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(ddp["test_probs"], one_process["test_probs"], atol=ATOL, rtol=RTOL)
+    # The epoch's mean training loss is the global one (all-reduced), not rank 0's shard.
+    for a, b in zip(ddp["history"], one_process["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert ddp["best_epoch"] == one_process["best_epoch"]
+    # Every rank ends with the same replica and the same selection.
+    assert _max_diff(r0["plain"]["state"], r1["plain"]["state"]) == 0.0
+    assert np.array_equal(r0["plain"]["val_probs"], r1["plain"]["val_probs"])
+    assert r0["plain"]["history"] == r1["plain"]["history"]
+
+
+def test_the_batch_is_global_not_per_process(two_process):
+    # Control: one process with the per-rank batch (4) trains a visibly different model, so the
+    # tolerance above separates a right sharding from a wrong one.
+    per_rank = _summary(fit(METHOD, fit_data(), _hp(batch_size=4), seed=0, model=create("toy")))
+    assert _max_diff(two_process[0]["plain"]["state"], per_rank["state"]) > 100 * ATOL
+
+
+def test_checkpoint_resumes_under_two_processes(two_process):
+    for res in two_process:
+        assert "last.pt" in res["files_after_interrupt"]
+        resumed, plain = res["resumed"], res["plain"]
+        assert resumed["resumed_from"] == 1 and plain["resumed_from"] == 0
+        assert _max_diff(resumed["state"], plain["state"]) == 0.0
+        assert np.array_equal(resumed["val_probs"], plain["val_probs"])
+        assert np.array_equal(resumed["test_probs"], plain["test_probs"])
+        assert resumed["history"] == plain["history"]
+        assert resumed["best_epoch"] == plain["best_epoch"]
+
+
+def test_batch_not_divisible_by_the_processes_is_refused(two_process):
+    for res in two_process:
+        msg = res["odd_batch"]
+        assert msg is not None and "\n" not in msg
+        assert "'train.batch_size' 13" in msg and "2 processes" in msg
+
+
+def test_check_batch_by_hand():
+    distributed.check_batch(13, 1)  # one process: any batch
+    distributed.check_batch(8, 2)
+    distributed.check_batch(12, 3)
+    for bs, world in ((13, 2), (10, 4), (2, 2)):
+        with pytest.raises(UserError, match=f"'train.batch_size' {bs} .* {world} processes"):
+            distributed.check_batch(bs, world)
+
+
+def test_shards_cover_every_row_once(two_process):
+    for j, (start, n) in enumerate(((0, 8), (32, 5))):
+        got = sorted(i for res in two_process for i in range(*res["shards"][j].indices(10**6)))
+        assert got == list(range(start, start + n))
+    assert [len(range(*r["shards"][1].indices(10**6))) for r in two_process] == [2, 3]
+    # A trailing batch of 5 >= 2 rows x 2 ranks is kept; one of 3 is dropped (1 row for a rank).
+    assert two_process[0]["batches"] == [8, 8, 8, 8, 5]
+    assert two_process[0]["tail"] == [8, 8, 8, 8]
+
+
+def test_single_process_is_untouched():
+    # No torchrun environment: no group, the hooks are identities.
+    assert not distributed.active() and distributed.world_size() == 1
+    loss = torch.tensor(1.5)
+    assert distributed.shard_loss(loss, 3, 8) is loss
+    assert distributed.shard(5, 8) == slice(5, 13)
+    assert distributed.wrap(torch.nn.Linear(2, 2), torch.device("cpu")) is None
+    assert [len(b) for b in distributed.batches(torch.arange(35), 8)] == [8, 8, 8, 8, 3]
