@@ -18,20 +18,27 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
 from _trainkit import fit_data, train_params
 
+from fairxray import paths
 from fairxray.adapt.fit import distributed, fit
+from fairxray.config import load_params
 from fairxray.errors import UserError
 from fairxray.models import create
 
 WORLD = 2
 METHOD = "full_ft"
 ATOL, RTOL = 2e-5, 1e-4
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _hp(**kw):
@@ -200,3 +207,48 @@ def test_single_process_is_untouched():
     assert distributed.shard(5, 8) == slice(5, 13)
     assert distributed.wrap(torch.nn.Linear(2, 2), torch.device("cpu")) is None
     assert [len(b) for b in distributed.batches(torch.arange(35), 8)] == [8, 8, 8, 8, 3]
+
+
+# -- the stage under torchrun (slow: three CLI launches, ~1 min on 2 cores) --------------------
+
+
+def _cli(root, *args, nproc: int = 0):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd = [*launcher, "--nproc_per_node", str(nproc)] if nproc else [sys.executable]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
+    return subprocess.run(
+        [*cmd, "-m", "fairxray.cli", "train", "--model", "toy", "--method", METHOD, *args],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_train_stage_equals_one_process(tmp_path):
+    from _trainkit import write_project
+
+    from fairxray.metrics.predictions import prob_columns
+
+    overrides = {"epochs": 2, "batch_size": 8}
+    runs = {}
+    for name, nproc in (("one", 0), ("two", WORLD)):
+        root = tmp_path / name
+        write_project(root, train_overrides=overrides)
+        proc = _cli(root, "--seeds", "0", nproc=nproc)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = (root, proc)
+    (one, _), (two, proc) = runs["one"], runs["two"]
+    assert proc.stdout.count("best epoch") == 1  # rank 0 alone logs
+    classes = list(load_params(one / "params.yaml").data.classes)
+    for split in ("val", "test"):
+        rel = paths.prediction_file("toy", METHOD, 0, split)
+        a, b = pd.read_parquet(one / rel), pd.read_parquet(two / rel)
+        assert a["image_id"].tolist() == b["image_id"].tolist()
+        cols = prob_columns(classes)
+        np.testing.assert_allclose(b[cols], a[cols], atol=ATOL, rtol=RTOL)
+    assert not (two / paths.checkpoints("toy", METHOD, 0)).exists()  # cleared once complete
+    assert (two / paths.seed_dir("toy", METHOD, 0) / "weights.safetensors").exists()
+    odd = tmp_path / "odd"
+    write_project(odd, train_overrides={**overrides, "batch_size": 13})
+    bad = _cli(odd, "--seeds", "0", nproc=WORLD)
+    assert bad.returncode != 0
+    assert "fairxray train: error: params.yaml (train): 'train.batch_size' 13" in bad.stderr
