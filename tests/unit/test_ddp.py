@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         results["files_after_interrupt"] = sorted(os.listdir(ckpt))
         resumed = fit(METHOD, data, _hp(), seed=0, model=create("toy"), checkpoint_dir=ckpt)
         results["resumed"] = _summary(resumed)
+        # A BatchNorm head on CPU (no SyncBatchNorm there): it trains, replicas stay equal.
+        feats = fit_data(create("toy"), features=True)
+        results["mlp"] = _summary(fit("mlp", feats, _hp(), seed=0))
         try:
             fit(METHOD, data, _hp(batch_size=13), seed=0, model=create("toy"))
             results["odd_batch"] = None
@@ -115,9 +119,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def two_process(tmp_path_factory) -> list[dict]:
+def two_process(tmp_path_factory, one_process) -> list[dict]:
+    # Forked after the 1-process fit, the workers inherit its imports (torch, dynamo, fairxray:
+    # ~10 s per fresh process on 2 cores); they run on CPU with one thread. Spawned instead when
+    # this process has CUDA initialised (a forked child cannot use it).
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    ctx = mp.start_processes(
+        _worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False, start_method=method
+    )
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("the 2-process fits did not finish in 240 s")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -171,6 +187,15 @@ def test_checkpoint_resumes_under_two_processes(two_process):
         assert np.array_equal(resumed["test_probs"], plain["test_probs"])
         assert resumed["history"] == plain["history"]
         assert resumed["best_epoch"] == plain["best_epoch"]
+
+
+def test_batchnorm_head_trains_with_equal_parameters_on_every_rank(two_process):
+    r0, r1 = (res["mlp"] for res in two_process)
+    params = [k for k in r0["state"] if "running" not in k and "num_batches" not in k]
+    assert "head.1.running_mean" in r0["state"]  # linear -> BatchNorm -> ReLU -> linear
+    assert max(float((r0["state"][k] - r1["state"][k]).abs().max()) for k in params) == 0.0
+    assert r0["history"] == r1["history"]
+    assert np.isfinite(r0["history"][-1]["train_loss"])
 
 
 def test_batch_not_divisible_by_the_processes_is_refused(two_process):
