@@ -107,6 +107,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         results["files_after_interrupt"] = sorted(os.listdir(ckpt))
         resumed = fit(METHOD, data, _hp(), seed=0, model=create("toy"), checkpoint_dir=ckpt)
         results["resumed"] = _summary(resumed)
+        results["unused_grad"] = _unused_parameter_steps()
         # A BatchNorm head on CPU (no SyncBatchNorm there): it trains, replicas stay equal.
         feats = fit_data(create("toy"), features=True)
         results["mlp"] = _summary(fit("mlp", feats, _hp(), seed=0))
@@ -116,6 +117,26 @@ def _worker(rank: int, port: int, out: str) -> None:
         except UserError as exc:
             results["odd_batch"] = str(exc)
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+
+
+class _PartlyUsed(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.unused = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def _unused_parameter_steps() -> list:
+    """Three DDP steps of a module with a trainable weight its forward never reaches."""
+    torch.manual_seed(0)
+    m = _PartlyUsed()
+    ddp = distributed.wrap(m, torch.device("cpu"))
+    for _ in range(3):
+        m.zero_grad(set_to_none=True)
+        ddp(torch.randn(4, 3)).sum().backward()
+    return [m.unused.weight.grad is None, m.used.weight.grad is not None]
 
 
 def _free_port() -> int:
@@ -211,6 +232,13 @@ def test_batchnorm_head_trains_with_equal_parameters_on_every_rank(two_process):
     assert max(float((r0["state"][k] - r1["state"][k]).abs().max()) for k in params) == 0.0
     assert r0["history"] == r1["history"]
     assert np.isfinite(r0["history"][-1]["train_loss"])
+
+
+def test_a_trainable_weight_the_forward_never_reaches_does_not_stop_ddp(two_process):
+    # Plain DDP raises at the second step ("Expected to have finished reduction ..."); the
+    # unused weight keeps no gradient, as in one process (AdamW then skips it).
+    for res in two_process:
+        assert res["unused_grad"] == [True, True]
 
 
 def test_batch_not_divisible_by_the_processes_is_refused(two_process):

@@ -167,10 +167,14 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module | None:
     checkpoints are unchanged."""
     if not active():
         return None
+    ids = None
     if device.type == "cuda":
         nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces BatchNorm children in place
-        return nn.parallel.DistributedDataParallel(module, device_ids=[device.index])
-    return nn.parallel.DistributedDataParallel(module)
+        ids = [device.index]
+    # static_graph: the same parameters take part in every step, learned at the first one; a
+    # trainable weight the forward never reaches (an image tower's unused projection) keeps no
+    # gradient, as in one process, instead of stopping DDP at the second step.
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, static_graph=True)
 
 
 def barrier() -> None:
