@@ -145,7 +145,12 @@ def shard(start: int, n: int) -> slice:
 
 def shard_loss(loss: torch.Tensor, n_local: int, n_batch: int) -> torch.Tensor:
     """The shard's mean loss rescaled so that DDP's average of the ranks' gradients is the
-    gradient of the mean over the whole batch: ``mean_local * n_local * world / n_batch``."""
+    gradient of the mean over the whole batch: ``mean_local * n_local * world / n_batch``.
+
+    ``n_local`` / ``n_batch`` count what the loss averages over: rows for cross-entropy; for a
+    masked multi-label loss (a mean over the unmasked targets) the unmasked targets of the shard
+    and of the whole batch (every rank holds every label, so both are known without
+    communication)."""
     if not active():
         return loss
     return loss * (n_local * dist.get_world_size() / n_batch)
