@@ -25,6 +25,7 @@ from fairxray import adapt, paths
 from fairxray.adapt.fit import (
     check_train_params,
     clear_checkpoints,
+    distributed,
     fit,
     load_fit_data,
     resolve_device,
@@ -177,13 +178,18 @@ def train(
     device: str | None = None,
     log=print,
 ) -> list[dict]:
-    """Run every seed; return one summary per seed."""
+    """Run every seed; return one summary per seed. Under ``torchrun`` every process trains each
+    seed data-parallel (:mod:`fairxray.adapt.fit.distributed`) and only rank 0 logs and writes;
+    methods that train nothing run on rank 0 alone."""
+    log, main = distributed.main_only(log), distributed.is_main()
     base, mitigation = split_run(method)
     if mitigation != NONE and get_mitigation(mitigation).kind == "post":
-        return [_post_seed(p, model_name, method, seed, log) for seed in seeds]
+        return [_post_seed(p, model_name, method, seed, log) for seed in seeds if main]
     job = _job(p, model_name, method, seeds, device, log)
-    run_seed = _zero_shot_seed if job.meth.inputs == "none" else _trained_seed
-    return [run_seed(job, seed, log) for seed in seeds]
+    if job.meth.inputs == "none":
+        return [_zero_shot_seed(job, seed, log) for seed in seeds if main]
+    with distributed.session(distributed.local_device(resolve_device(job.hp.device))):
+        return [_trained_seed(job, seed, log) for seed in seeds]
 
 
 def _job(p: Params, model_name: str, method: str, seeds, device: str | None, log) -> _Job:
@@ -198,6 +204,7 @@ def _job(p: Params, model_name: str, method: str, seeds, device: str | None, log
     hp, hp_source = resolve_train_params(p.train, paths.tuned(model_name, method))
     if device:
         hp = dataclasses.replace(hp, device=device)
+    distributed.check_batch(hp.batch_size, src=hp_source)  # under torchrun: the global batch
     if hp.num_threads > 0:
         torch.set_num_threads(hp.num_threads)
     classes, sensitive = list(p.data.classes), list(p.metrics.sensitive)
@@ -337,6 +344,8 @@ def _trained_seed(job: _Job, seed: int, log) -> dict:
     model = create(name, job.p.data.weights_dir) if job.meth.inputs == "images" else None
     ckpt = paths.checkpoints(name, method, seed)
     result = fit(method, data, job.hp, seed=seed, model=model, checkpoint_dir=ckpt, log=log)
+    if not distributed.is_main():  # rank 0 writes the outputs
+        return {"seed": seed, "best_epoch": result.best_epoch, "seconds": time.perf_counter() - t0}
     in_dim = (
         int(data.train.features.shape[1])
         if job.meth.inputs == "embeddings"

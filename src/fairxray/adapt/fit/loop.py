@@ -36,16 +36,23 @@ from torch import nn
 from fairxray import adapt
 from fairxray.adapt.augment import augment, augment_draws
 from fairxray.adapt.fit import checkpoint as ck
+from fairxray.adapt.fit import distributed as dist
 from fairxray.adapt.fit.inputs import (
     FitData,
-    batches,
     epoch_order,
     prepare_batch,
     to_device,
     to_device_inputs,
 )
 from fairxray.adapt.fit.settings import check_train_params, resolve_device
-from fairxray.adapt.fit.task import check_task, macro_auroc, targets_tensor, task_loss, task_probs
+from fairxray.adapt.fit.task import (
+    check_task,
+    loss_count,
+    macro_auroc,
+    targets_tensor,
+    task_loss,
+    task_probs,
+)
 from fairxray.adapt.lora import lora_gradient_problems, lora_parameters
 from fairxray.config import TrainParams
 from fairxray.errors import UserError
@@ -214,9 +221,10 @@ def fit(
         raise ValueError(f"mitigation {mitigation!r} does not train; it post-processes predictions")
     if mitigation != NONE and data.task == "multilabel":
         raise UserError(f"{method}: mitigations are multi-class only (data.task multilabel)")
-    say = log or (lambda _msg: None)
-    device = resolve_device(hp.device)
-    with _run_context(device, hp.num_threads):
+    say = dist.main_only(log or (lambda _msg: None))
+    device = dist.local_device(resolve_device(hp.device))
+    with dist.session(device), _run_context(device, hp.num_threads):
+        dist.check_batch(hp.batch_size)
         return _fit(
             meth, method, data, hp, seed, model, checkpoint_dir, on_epoch, say, device,
             compile_backend,
@@ -244,7 +252,7 @@ class _Run:
     n_classes: int
     has_lora: bool
     fingerprint: str = ""
-    forward: Callable | None = None  # torch.compile'd module (training only), else None
+    forward: Callable | None = None  # training forward: DDP replica / torch.compile'd, else None
     x_views: torch.Tensor | None = None  # [K, N, D] cached augmented train views (frozen methods)
     hook: TrainHook | None = None  # the run's mitigation (None: plain cross-entropy)
     g_train_dev: torch.Tensor | None = None  # the training rows' group codes
@@ -304,7 +312,7 @@ def _setup(meth, run, data: FitData, hp, seed, model, device, fingerprinted: boo
             groups.append({"params": hook.parameters(), "lr": hp.lr})
     opt_kwargs = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, **opt_kwargs)
-    steps_per_epoch = len(batches(torch.arange(len(y_train)), hp.batch_size))
+    steps_per_epoch = len(dist.batches(torch.arange(len(y_train)), hp.batch_size))
     return _Run(
         meth=meth,
         hp=hp,
@@ -348,7 +356,8 @@ def _train_epoch(r: _Run, epoch: int) -> tuple[float, int, float]:
     total_loss, seen = torch.zeros((), device=device), 0
     # The epoch's batch order and augmentation draws cross to the device once, so no batch
     # waits on a host-to-device copy.
-    chunks = batches(epoch_order(r.y_train, r.n_classes, hp.class_balanced, r.gen), hp.batch_size)
+    order = epoch_order(r.y_train, r.n_classes, hp.class_balanced, r.gen)
+    chunks = dist.batches(order, hp.batch_size)  # global batches; each rank takes its shard
     order_dev = to_device(torch.cat(chunks), device)
     draws_dev = view_dev = None
     if r.meth.inputs == "images":
@@ -359,13 +368,15 @@ def _train_epoch(r: _Run, epoch: int) -> tuple[float, int, float]:
         )
     pos = 0
     for idx in chunks:
-        idx_dev = order_dev[pos : pos + len(idx)]
+        start = pos
+        rows = dist.shard(pos, len(idx))  # this rank's positions in the epoch order
+        idx_dev = order_dev[rows]
         if view_dev is None:
             xb = r.x_train[idx_dev]
         else:
-            xb = r.x_views[view_dev[pos : pos + len(idx)], idx_dev]
+            xb = r.x_views[view_dev[rows], idx_dev]
         if draws_dev is not None:
-            xb = augment(xb, hp.augment, draws=draws_dev[pos : pos + len(idx)])
+            xb = augment(xb, hp.augment, draws=draws_dev[rows])
         pos += len(idx)
         xb = prepare_batch(module, xb, r.meth.inputs, device)
         with _autocast(device):
@@ -376,6 +387,9 @@ def _train_epoch(r: _Run, epoch: int) -> tuple[float, int, float]:
         else:
             ce = F.cross_entropy(logits.float(), y_b, reduction="none")
             loss = r.hook.loss(ce, r.g_train_dev[idx_dev], y_b, logits)
+        if dist.active():  # the shard's share of what the whole batch's loss averages over
+            whole = r.y_train_dev[order_dev[start : start + len(idx)]]
+            loss = dist.shard_loss(loss, loss_count(r.task, y_b), loss_count(r.task, whole))
         r.opt.zero_grad(set_to_none=True)
         loss.backward()
         if r.has_lora and epoch == 1 and seen == 0:
@@ -388,6 +402,7 @@ def _train_epoch(r: _Run, epoch: int) -> tuple[float, int, float]:
         seen += len(idx)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    total_loss = dist.average(total_loss)
     return float(total_loss) / max(seen, 1), seen, time.perf_counter() - t_start
 
 
@@ -417,7 +432,8 @@ def _select(r: _Run, state: ck.LoopState, entry: dict, ckpt: Path | None, best: 
     if entry["val_score"] > state.best_score:
         state.best_score, state.best_epoch, state.since_best = entry["val_score"], entry["epoch"], 0
         if ckpt is not None:
-            ck.save_best(ckpt, entry["epoch"], r.module)
+            if dist.is_main():  # the others read it after the epoch's barrier
+                ck.save_best(ckpt, entry["epoch"], r.module)
         else:
             best["state"] = ck.cpu_state(r.module)
     else:
@@ -431,19 +447,23 @@ def _fit(
 ) -> FitResult:
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     r = _setup(meth, run, data, hp, seed, model, device, fingerprinted=ckpt is not None)
+    dist.check_run(r.hook is not None)
+    r.forward = dist.wrap(r.module, device)  # DDP under torchrun, else None
     if backend is not None:
-        r.forward = torch.compile(r.module, backend=backend)
+        r.forward = torch.compile(r.forward or r.module, backend=backend)
     label = f"{run} seed {seed}"
     state = ck.LoopState()
     if ckpt is not None:
-        state = ck.restore(
-            ckpt, r.fingerprint, label, r.module, r.opt, r.sched, r.gen, device, say, r.hook
+        state = dist.main_first(  # rank 0 may clear a stale checkpoint before the others read
+            lambda: ck.restore(
+                ckpt, r.fingerprint, label, r.module, r.opt, r.sched, r.gen, device, say, r.hook
+            )
         )
     resumed_from = state.epoch
     best: dict = {}
     while state.epoch < hp.epochs and not state.stopped_early:
         state.epoch += 1
-        entry = _validate(r, state.epoch, *_train_epoch(r, state.epoch))
+        entry = dist.from_main(_validate(r, state.epoch, *_train_epoch(r, state.epoch)))
         state.history.append(entry)
         _select(r, state, entry, ckpt, best)
         say(
@@ -452,9 +472,11 @@ def _fit(
             f"  ({entry['train_images'] / max(entry['train_seconds'], 1e-9):.0f} img/s)"
         )
         if ckpt is not None:
-            ck.save_last(
-                ckpt, r.fingerprint, state, r.module, r.opt, r.sched, r.gen, device, r.hook
-            )
+            if dist.is_main():
+                ck.save_last(
+                    ckpt, r.fingerprint, state, r.module, r.opt, r.sched, r.gen, device, r.hook
+                )
+            dist.barrier()  # the other ranks read rank 0's files (resume, best epoch)
         if on_epoch is not None:
             on_epoch(state.epoch, entry["val_score"])
     return _finish(r, data, state, ckpt, best, resumed_from)

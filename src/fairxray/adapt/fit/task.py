@@ -79,6 +79,14 @@ def task_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.T
     return F.cross_entropy(logits.float(), targets)
 
 
+def loss_count(task: str, targets: torch.Tensor) -> int:
+    """What :func:`task_loss` averages over: rows (multiclass) or unmasked targets (multilabel).
+    Data-parallel shards rescale their mean by it (:func:`fairxray.adapt.fit.distributed.shard_loss`)."""
+    if task == "multilabel":
+        return int((~torch.isnan(targets)).sum())
+    return len(targets)
+
+
 def task_probs(task: str, logits: torch.Tensor) -> np.ndarray:
     """float64 probabilities: softmax rows (multiclass) or independent sigmoids (multilabel)."""
     if task == "multilabel":
