@@ -12,9 +12,10 @@ from fairxray.errors import UserError
 
 def _say(what: str, ev) -> None:
     m, notes = ev.metrics, "".join(f"; {n.split(' (')[0]}" for n in ev.meta.get("notes", []))
+    k = "accuracy" if "accuracy" in m else "auroc_macro"  # multilabel: macro AUROC
     print(
-        f"evaluate {what}: accuracy {m['accuracy']:.3f} "
-        f"[{m['accuracy/ci_low']:.3f}, {m['accuracy/ci_high']:.3f}], n {m['n/images']}, "
+        f"evaluate {what}: {k} {m[k]:.3f} "
+        f"[{m[k + '/ci_low']:.3f}, {m[k + '/ci_high']:.3f}], n {m['n/images']}, "
         f"{len(ev.warnings)} warning(s){notes}"
     )
 
