@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         t[[c for c in t.columns if c.startswith("y_")]] = tests[0][
             [c for c in t.columns if c.startswith("y_")]
         ]
-    vals = [table(args.images // 4, args.patients // 4, classes, 100 + s) for s in range(args.seeds)]
+    vals = [
+        table(args.images // 4, args.patients // 4, classes, 100 + s) for s in range(args.seeds)
+    ]
     start = time.perf_counter()
     r = infer(tests, vals, o, [f"seed{s}" for s in range(args.seeds)])
     seconds = time.perf_counter() - start

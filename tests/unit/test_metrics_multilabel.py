@@ -315,7 +315,9 @@ def test_evaluate_stage_writes_multilabel_files(pipeline, capsys):
     bg = pd.read_csv(seed / "by_group.csv")
     assert bg["label"].str.startswith("DEMO").all()
     assert {"n_denominator", "n_patients"} <= set(bg.columns)
-    assert json.loads(Path("metrics/toy/mlp/cell.json").read_text())["auroc_macro"] == m["auroc_macro"]
+    assert (
+        json.loads(Path("metrics/toy/mlp/cell.json").read_text())["auroc_macro"] == m["auroc_macro"]
+    )
 
 
 def test_evaluate_needs_validation_predictions(pipeline, tmp_path):
@@ -337,11 +339,15 @@ def test_report_renders_the_multilabel_section(pipeline):
     md = Path("reports/report.md").read_text()
     assert "Per-label table" in md and "Underdiagnosis" in md
     labels = pd.read_csv("reports/multilabel_labels.csv")
-    assert set(labels["label_name"]) == set(CLASSES) and labels["label"].str.startswith("DEMO").all()
+    assert (
+        set(labels["label_name"]) == set(CLASSES) and labels["label"].str.startswith("DEMO").all()
+    )
     under = pd.read_csv("reports/underdiagnosis.csv")
     assert {"age_group", "sex", "age_group&sex"} <= set(under["attribute"])
     cell = json.loads(Path("metrics/toy/mlp/cell.json").read_text())
-    row = under[(under["method"] == "mlp") & (under["attribute"] == "sex") & (under["group"] == "F")]
+    row = under[
+        (under["method"] == "mlp") & (under["attribute"] == "sex") & (under["group"] == "F")
+    ]
     assert row["value"].iloc[0] == pytest.approx(cell["underdiagnosis/sex/F"])
     html = Path("reports/report.html").read_text()
     assert 'id="multilabel-labels"' in html and 'id="underdiagnosis"' in html
@@ -351,3 +357,25 @@ def test_report_renders_the_multilabel_section(pipeline):
     assert 8 <= len(cell_summary) <= 12
     assert cell_summary["auroc_macro"] == pytest.approx(cell["auroc_macro"], abs=1e-4)
     assert "underdiagnosis_gap/age_group&sex" in cell_summary
+
+
+def test_headline_names_and_compare_under_multilabel():
+    from fairxray.metrics.headline import HEADLINE_ML, TITLES_ML, task_of
+    from fairxray.track import compare
+    from fairxray.track import headline as th
+
+    assert set(TITLES_ML) == set(HEADLINE_ML) and 8 <= len(HEADLINE_ML) <= 11
+    m = {k: 0.1 * i for i, k in enumerate(HEADLINE_ML)}
+    m["underdiagnosis_gap/sex/p_adjusted"] = 0.02
+    assert task_of(m) == "multilabel" and task_of({"accuracy": 0.5, "auroc_macro": 0.7}) == (
+        "multiclass"
+    )
+    shown = th.headline_metrics([m])
+    assert shown["1.auroc_macro"] == 0.0
+    assert shown["4.underdiagnosis_gap/sex/p_adjusted"] == 0.02
+    assert th.mlflow_name("auroc_macro") == "3.auroc_macro"  # multi-class numbering unchanged
+    exp_show = [{"rev": "workspace", "data": {"metrics": {compare.SUMMARY: {"data": {
+        "label": "DEMO", "toy/mlp": {"n_seeds": 1, **m}}}}}}]  # fmt: skip
+    rows = compare.dvc_rows(exp_show)
+    text = compare.render(rows, markdown=True)
+    assert "underdiag. gap sex" in text and "0.300" in text

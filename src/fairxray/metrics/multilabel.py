@@ -13,6 +13,8 @@ probabilities ``P`` ``[N, L]``; a label is predicted positive where ``P >= t_l``
 - **Underdiagnosis** (Seyyed-Kalantari et al., Nat. Med. 2021): the ``No Finding`` false-positive
   rate, i.e. among images with a finding (``y_No_Finding = 0``) the share the model labels
   ``No Finding``; per group of every attribute and of the intersection, and its max - min gap.
+- Summaries over labels, per attribute: the gap of the per-group macro AUROC
+  (``auroc_macro_gap``) and the mean over labels of the per-label TPR gaps (``tpr_gap_mean``).
 - A group with fewer than ``min_group_size`` images is NaN (one summarised warning per table).
 
 **Resampling** (bootstrap and permutation, :class:`Resampler`). Every statistic above is a function
@@ -45,7 +47,8 @@ THRESHOLD_RULES = ("max_f1", "sensitivity")
 N_BINS = 1024
 # Gap families of the multi-label evaluation (every one gets a permutation null).
 GAP_FAMILIES = (
-    "auroc_gap", "tpr_gap", "fpr_gap", "fnr_gap", "auroc_macro_gap", "underdiagnosis_gap",
+    "auroc_gap", "tpr_gap", "fpr_gap", "fnr_gap", "auroc_macro_gap", "tpr_gap_mean",
+    "underdiagnosis_gap",
 )  # fmt: skip
 RATES = ("tpr", "fpr", "fnr")
 
@@ -198,6 +201,7 @@ def keys_from_stats(stats: Mapping[str, Mapping[str, np.ndarray]], lay: Layout):
     for attr, gr in lay.groupings.items():
         c = clean[attr]
         m[f"auroc_macro_gap/{attr}"] = spread(c["auroc_macro"])
+        m[f"tpr_gap_mean/{attr}"] = _nanmean(spread(np.moveaxis(c["tpr"], 1, 2)), axis=-1)
         for j, name in enumerate(lay.classes):
             m[f"auroc_gap/{attr}/{name}"] = spread(c["auroc"][:, :, j])
             for r in RATES:
@@ -222,13 +226,14 @@ def is_gap_key(key: str) -> bool:
 
 def family_of(key: str) -> str:
     """The correction family (one report row) of a gap: a label's AUROC/TPR/FPR gaps over every
-    attribute (``label:<Label>``), the underdiagnosis gaps (``underdiagnosis``), the macro AUROC
-    gaps (``auroc_macro``). FNR gaps equal the TPR gaps and take their adjusted p-values."""
+    attribute (``label:<Label>``), the underdiagnosis gaps (``underdiagnosis``), the summaries
+    over labels (``summary``: macro AUROC gaps, mean TPR gaps). FNR gaps equal the TPR gaps and
+    take their adjusted p-values."""
     fam = key.split("/", 1)[0]
     if fam == "underdiagnosis_gap":
         return "underdiagnosis"
-    if fam == "auroc_macro_gap":
-        return "auroc_macro"
+    if fam in ("auroc_macro_gap", "tpr_gap_mean"):
+        return "summary"
     return "label:" + key.split("/", 2)[2]
 
 

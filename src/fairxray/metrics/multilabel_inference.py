@@ -92,7 +92,10 @@ class _Cell:
         self.res = [ml.Resampler(Y, P, t, codes, self.P, o.n_bins) for Y, P, t in runs]
         both = {**self.all, **self.groupings}
         self.mats = [
-            {a: [r.patient_matrix(gr.mask(g)) for g in range(len(gr.labels))] for a, gr in both.items()}
+            {
+                a: [r.patient_matrix(gr.mask(g)) for g in range(len(gr.labels))]
+                for a, gr in both.items()
+            }
             for r in self.res
         ]
         self.whole = [r.patient_matrix() for r in self.res]
@@ -348,4 +351,3 @@ def _meta(o: Options, sources, thresholds, methods, n_runs: int, n_seeds: int) -
         "deterministic": n_runs == 1 and n_seeds > 1,
         "notes": [],
     }
-

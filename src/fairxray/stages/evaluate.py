@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     # After parsing: --help stays instant.
     from fairxray.metrics.evaluate import evaluate_cell, evaluate_file, settings
 
-    p = load_params(args.params)
-    s = settings(p)
+    s = settings(p := load_params(args.params))
     profile = args.profile or p.profile
     if args.predictions is not None:
         if args.out is None or args.model or args.method:
