@@ -379,3 +379,35 @@ def test_headline_names_and_compare_under_multilabel():
     rows = compare.dvc_rows(exp_show)
     text = compare.render(rows, markdown=True)
     assert "underdiag. gap sex" in text and "0.300" in text
+
+
+def test_track_logs_the_multilabel_headline(pipeline, tmp_path):
+    """track on evaluate's multilabel outputs (a stand-in training config, no ONNX export): the
+    parent run carries the multi-label headline names."""
+    import yaml
+
+    from fairxray import paths
+    from fairxray.config import load_params
+    from fairxray.stages.evaluate import main as evaluate
+    from fairxray.track.runs import client, track
+
+    assert evaluate(["--model", "toy", "--method", "mlp", "--params", str(pipeline)]) == 0
+    cfg = paths.seed_dir("toy", "mlp", 77) / "config.yaml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(yaml.safe_dump({"protocol": "nih-official", "train": {"epochs": 1}}))
+    report = paths.onnx("toy", "mlp").with_name("onnx.json")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps({"exported": False, "reason": "test"}))
+    p = load_params(pipeline)
+    manifest = paths.splits(p.data.protocol) / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{}")
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    out = track(p, "toy", "mlp", tracking_uri=uri, log=lambda _m: None)
+    parent = client(uri).get_run(out["parent_run_id"]).data.metrics
+    m = json.loads(Path("metrics/toy/mlp/seed77/metrics.json").read_text())
+    assert parent["1.auroc_macro"] == pytest.approx(m["auroc_macro"])
+    assert parent["4.underdiagnosis_gap/sex"] == pytest.approx(m["underdiagnosis_gap/sex"])
+    assert "4.underdiagnosis_gap/sex/p_adjusted" in parent
+    seed = client(uri).get_run(out["seed_runs"]["77"]).data.metrics
+    assert "underdiagnosis_gap/age_group_x_sex" in seed and "group.sex.F.underdiagnosis" in seed
