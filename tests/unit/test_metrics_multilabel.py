@@ -411,3 +411,32 @@ def test_track_logs_the_multilabel_headline(pipeline, tmp_path):
     assert "4.underdiagnosis_gap/sex/p_adjusted" in parent
     seed = client(uri).get_run(out["seed_runs"]["77"]).data.metrics
     assert "underdiagnosis_gap/age_group_x_sex" in seed and "group.sex.F.underdiagnosis" in seed
+
+
+def test_single_file_evaluate_and_bad_validation_input(pipeline, tmp_path):
+    from fairxray.errors import UserError
+    from fairxray.stages.evaluate import main
+
+    pred = Path("predictions/toy/mlp/seed77/test.parquet")
+    assert main([str(pred), "--out", str(tmp_path / "one"), "--params", str(pipeline)]) == 0
+    m = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert "underdiagnosis_gap/sex" in m and "accuracy" not in m
+    val = pd.read_parquet(pred.with_name("val.parquet"))
+    val["y_Effusion"] = 2.0
+    val.to_parquet(pred.with_name("val.parquet"), index=False)
+    with pytest.raises(UserError, match=r"val.parquet: row 0 .*'y_Effusion' is 2"):
+        main([str(pred), "--out", str(tmp_path / "two"), "--params", str(pipeline)])
+    assert not (tmp_path / "two").exists()
+
+
+def test_labels_without_positives_give_nan_and_one_warning():
+    test, val = frame(seed=11), frame(seed=12)
+    test.loc[test["sex"] == "F", "y_Effusion"] = 0.0  # no positive Effusion among F in test
+    val["y_Atelectasis"] = 0.0  # no positive in validation: no threshold
+    r = infer([test], [val], opts(), ["t"])
+    assert np.isnan(r.metrics["threshold/Atelectasis"]) and np.isnan(r.metrics["tpr/Atelectasis"])
+    assert np.isnan(r.metrics["tpr_gap/sex/Effusion"]) and np.isfinite(
+        r.metrics["fpr_gap/sex/Effusion"]
+    )
+    assert any("Atelectasis: no positive validation image" in w for w in r.warnings)
+    assert len([w for w in r.warnings if "undefined (no positive" in w]) == 1

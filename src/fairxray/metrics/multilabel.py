@@ -277,7 +277,9 @@ class Resampler:
         self.F = base + 2 * L * n_bins
         rows = np.repeat(np.arange(N)[:, None], 1 + 2 * L, axis=1)
         colm = np.concatenate([cols[0], conf_col, hist_col], axis=1)
-        keep = np.concatenate([np.ones((N, 1), bool), known, known], axis=1)
+        # A label without a threshold (no validation positive) has no confusion counts: NaN rates.
+        decided = known & ~np.isnan(np.asarray(thresholds, dtype=float))[None, :]
+        keep = np.concatenate([np.ones((N, 1), bool), decided, known], axis=1)
         self._rows, self._cols = rows[keep], colm[keep]
 
     def patient_matrix(self, row_mask: np.ndarray | None = None) -> sparse.csr_matrix:

@@ -202,6 +202,26 @@ def _small_groups(cell: _Cell) -> list[str]:
     ]
 
 
+def _undefined(gpoint: dict, cell: _Cell) -> list[str]:
+    """One line for the per-group rates left undefined in groups of sufficient size (a label with
+    no positive, or no negative, there)."""
+    small = {
+        (a, label)
+        for a, gr in cell.groupings.items()
+        for label, n in zip(gr.labels, gr.sizes, strict=True)
+        if n < max(cell.o.min_group_size, 1)
+    }
+    bad = sorted(
+        f"{m} {a}={g}"
+        for (m, a, g), v in gpoint.items()
+        if not np.isfinite(v) and (a, g) not in small and m.split("/")[0] in ("auroc", *ml.RATES)
+    )
+    if not bad:
+        return []
+    shown = ", ".join(bad[:8]) + (f", ... ({len(bad) - 8} more)" if len(bad) > 8 else "")
+    return [f"{len(bad)} per-group value(s) undefined (no positive or no negative): {shown}"]
+
+
 def infer(
     tests: Sequence[pd.DataFrame],
     vals: Sequence[pd.DataFrame],
@@ -261,7 +281,7 @@ def infer(
     meta = _meta(o, sources, thresholds, methods, len(runs), len(tests))
     if ml.NO_FINDING not in o.classes:
         meta["notes"].append(f"no '{ml.NO_FINDING}' label in data.classes: no underdiagnosis")
-    warns = list(dict.fromkeys(msgs + _small_groups(cell)))
+    warns = list(dict.fromkeys(msgs + _small_groups(cell) + _undefined(gpoint, cell)))
     return Result(metrics, _group_rows(cell, runs[0][0], by_group), warns, meta, reps)
 
 
