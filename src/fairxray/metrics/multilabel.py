@@ -295,21 +295,26 @@ class Resampler:
         return X
 
     def stats(self, sums: np.ndarray) -> dict[str, np.ndarray]:
-        """``sums`` [B, G, F] -> ``n`` [B, G], rates and binned AUROC [B, G, L]."""
-        B, G, L, Q = sums.shape[0], sums.shape[1], self.L, self.Q
-        conf = sums[..., 1 : 1 + 4 * L].reshape(B, G, L, 4)
-        hist = sums[..., 1 + 4 * L :].reshape(B, G, L, 2, Q)
-        hp, hn = hist[..., 0, :], hist[..., 1, :]
-        below = np.cumsum(hn, axis=-1) - hn
-        num = (hp * (below + 0.5 * hn)).sum(axis=-1)
-        den = hp.sum(axis=-1) * hn.sum(axis=-1)
+        """``sums`` [G, F, B] (:func:`group_sums`) -> ``n`` [B, G], rates and binned AUROC
+        [B, G, L]."""
+        G, B, L, Q = sums.shape[0], sums.shape[2], self.L, self.Q
+        conf = np.moveaxis(sums[:, 1 : 1 + 4 * L, :].reshape(G, L, 4, B), -1, 0)  # [B, G, L, 4]
+        hist = sums[:, 1 + 4 * L :, :].reshape(G, L, 2, Q, B)
+        hp, hn = hist[:, :, 0], hist[:, :, 1]  # [G, L, Q, B], replicates innermost
+        below = np.cumsum(hn, axis=2) - hn
+        num = np.einsum("glqb,glqb->glb", hp, below + 0.5 * hn)
+        den = hp.sum(axis=2) * hn.sum(axis=2)
         with np.errstate(invalid="ignore", divide="ignore"):
             auc = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-        return {"n": sums[..., 0], "auroc": auc, **group_rates(sums[..., 0], conf)}
+        n = sums[:, 0, :].T
+        return {"n": n, "auroc": np.moveaxis(auc, -1, 0), **group_rates(n, conf)}
 
 
 def group_sums(mats: Sequence[sparse.csr_matrix], weights: Sequence[np.ndarray]) -> np.ndarray:
-    """``out[b, g] = mats[g] @ weights[g][b]``: [B, G, F] from per-group ``X^T`` [F, P] and
+    """``out[g, :, b] = mats[g] @ weights[g][b]``: [G, F, B] from per-group ``X^T`` [F, P] and
     patient weights [B, P] (one matrix per group, or one shared)."""
-    parts = [(X @ W.T).T for X, W in zip(mats, weights, strict=True)]
-    return np.stack(parts, axis=1)
+    W0 = np.asarray(weights[0])
+    out = np.empty((len(mats), mats[0].shape[0], W0.shape[0]))
+    for g, (X, W) in enumerate(zip(mats, weights, strict=True)):
+        out[g] = X @ np.ascontiguousarray(np.asarray(W).T)
+    return out
