@@ -244,7 +244,9 @@ def build_multilabel_report(
         for r in under[(under["group"] == "gap") & (under["significant"] == 1.0)].itertuples()
     ]
     return {"rows": len(agg), "runs": len(c.runs), "missing": c.missing, "out": str(out),
-            "profile": profile, "significant": sig, "paired": 0}  # fmt: skip
+            "profile": profile, "significant": sig, "paired": 0,
+            "files": "report.md, report.html, multilabel_labels.csv, underdiagnosis.csv, "
+            "groups.csv, summary.json, figures/underdiagnosis.png"}  # fmt: skip
 
 
 def _write(tmp: Path, tables: dict, notes, read, demo: bool, fig: bytes) -> None:
