@@ -440,3 +440,36 @@ def test_labels_without_positives_give_nan_and_one_warning():
     )
     assert any("Atelectasis: no positive validation image" in w for w in r.warnings)
     assert len([w for w in r.warnings if "undefined (no positive" in w]) == 1
+
+
+def test_sensitivity_rule_reaches_the_target_on_validation():
+    test, val = frame(seed=13), frame(seed=14)
+    r = infer([test], [val], opts(threshold_rule="sensitivity", target_sensitivity=0.9), ["t"])
+    for c in CLASSES:
+        t = r.meta["thresholds"]["t"][c]
+        y, p = val["y_" + c.replace(" ", "_")], val[f"prob_{c}"]
+        assert np.mean(p[y == 1] >= t) >= 0.9
+        assert np.mean(p[y == 1] > t) < 0.9  # the highest such threshold
+    assert r.meta["threshold_rule"] == "sensitivity"
+
+
+def test_permutation_statistics_equal_the_reassigned_table():
+    """A permutation replicate's statistics equal the metrics of the table whose patients carry
+    the assigned groups (every image of a patient in its patient's new group)."""
+    from fairxray.metrics.multilabel_inference import _Cell, arrays
+
+    test, val = frame(n=200, n_pat=50, seed=15), frame(seed=16)
+    o = opts(n_bins=4096, min_group_size=1)
+    Y, P = arrays(test, o, "t")
+    t = ml.choose_thresholds(*arrays(val, o, "v"), "max_f1")
+    cell = _Cell(test, [(Y, P, t)], o)
+    rng = np.random.default_rng(3)
+    new_sex = rng.integers(0, 2, cell.P)  # a group code per patient
+    st = cell.perm_stats(0, {a: new_sex[None, :] for a in cell.groupings})["sex"]
+    row_group = new_sex[cell.codes]
+    for g in (0, 1):
+        mk = row_group == g
+        for j in range(len(CLASSES)):
+            assert st["auroc"][0, g, j] == pytest.approx(ml.auroc(Y[mk, j], P[mk, j]), abs=1e-12)
+            assert st["tpr"][0, g, j] == pytest.approx(ml.rates(Y[mk, j], P[mk, j] >= t[j])["tpr"])
+            assert st["fpr"][0, g, j] == pytest.approx(ml.rates(Y[mk, j], P[mk, j] >= t[j])["fpr"])
