@@ -473,3 +473,12 @@ def test_permutation_statistics_equal_the_reassigned_table():
             assert st["auroc"][0, g, j] == pytest.approx(ml.auroc(Y[mk, j], P[mk, j]), abs=1e-12)
             assert st["tpr"][0, g, j] == pytest.approx(ml.rates(Y[mk, j], P[mk, j] >= t[j])["tpr"])
             assert st["fpr"][0, g, j] == pytest.approx(ml.rates(Y[mk, j], P[mk, j] >= t[j])["fpr"])
+
+
+def test_saved_mlflow_view_follows_the_task():
+    from fairxray.track import headline as th
+
+    ml_cols = th.view_state("multilabel")["selectedColumns"]
+    assert "metrics.`3.underdiagnosis_gap/age_group/p_adjusted`" in ml_cols
+    assert "metrics.`1.accuracy`" in th.view_state()["selectedColumns"]
+    assert "underdiag. gap sex" in th.experiment_tags("paper", "multilabel")[th.NOTE]

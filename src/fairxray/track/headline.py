@@ -27,14 +27,12 @@ from typing import Any
 
 from fairxray import DEMO_BANNER
 from fairxray.metrics.headline import (
-    GAPS,
-    HEADLINE,
     INFERENCE,
     INTERVAL,
-    TITLES,
     gaps_for,
     headline_for,
     task_of,
+    titles_for,
 )
 
 EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the UI: which home page an experiment gets
@@ -134,14 +132,16 @@ def mean_group_metrics(per_seed: Iterable[Mapping[str, float]]) -> dict[str, flo
     return out
 
 
-def view_state() -> dict:
+def view_state(task: str = "multiclass") -> dict:
     """The runs-table view of the saved view: run name, time, the headline columns (value,
     interval, corrected p-value), the DVC experiment and the profile; newest first."""
     cols = ["attributes.`Run Name`", "attributes.`Created`"]
-    for key in HEADLINE:
-        cols.append(f"metrics.`{mlflow_name(key)}`")
-        if key in GAPS:
-            cols += [f"metrics.`{mlflow_name(f'{key}/{t}')}`" for t in (*INTERVAL, "p_adjusted")]
+    for key in headline_for(task):
+        cols.append(f"metrics.`{mlflow_name(key, task)}`")
+        if key in gaps_for(task):
+            cols += [
+                f"metrics.`{mlflow_name(f'{key}/{t}', task)}`" for t in (*INTERVAL, "p_adjusted")
+            ]
     cols += [f"tags.`{DVC_EXPERIMENT}`", "tags.`fairxray.profile`"]
     return {
         "selectedColumns": cols,
@@ -151,7 +151,7 @@ def view_state() -> dict:
     }
 
 
-def experiment_tags(profile: str) -> dict[str, str]:
+def experiment_tags(profile: str, task: str = "multiclass") -> dict[str, str]:
     """The experiment's tags: model training (the UI's home is the runs table), a description
     (DEMO in the demo) and the saved headline view."""
     what = (
@@ -161,18 +161,18 @@ def experiment_tags(profile: str) -> dict[str, str]:
     )
     note = (
         f"{what} One parent run per model x method (the mean over seeds of the headline figures: "
-        + ", ".join(TITLES[k] for k in HEADLINE)
+        + ", ".join(titles_for(task)[k] for k in headline_for(task))
         + "), nested runs per seed and per tuning trial. `fairxray ui` opens the headline view."
     )
     return {
         EXPERIMENT_KIND: TRAINING,
         NOTE: note,
-        SHARED_VIEW + VIEW_KEY: json.dumps(view_state(), separators=(",", ":")),
+        SHARED_VIEW + VIEW_KEY: json.dumps(view_state(task), separators=(",", ":")),
     }
 
 
-def present_experiment(cl, exp_id: str, profile: str) -> None:
-    for k, v in experiment_tags(profile).items():
+def present_experiment(cl, exp_id: str, profile: str, task: str = "multiclass") -> None:
+    for k, v in experiment_tags(profile, task).items():
         cl.set_experiment_tag(exp_id, k, v)
 
 
