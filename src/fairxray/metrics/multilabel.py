@@ -180,7 +180,8 @@ def group_rates(n, conf) -> dict[str, np.ndarray]:
 def keys_from_stats(stats: Mapping[str, Mapping[str, np.ndarray]], lay: Layout):
     """Every metric and gap ``{key: [B]}`` and per-group value ``{(metric, attr, group): [B]}``
     from per-grouping statistics ``{"all" | attr: {"n": [B, G], "tpr"/"fpr"/"fnr"/"auroc":
-    [B, G, L]}}``; groups below ``min_group_size`` are NaN."""
+    [B, G, L]}}``; groups below ``min_group_size`` are NaN. Without ``"all"`` (permutations):
+    the groupings' keys only."""
     m: dict[str, np.ndarray] = {}
     bg: dict[tuple[str, str, str], np.ndarray] = {}
     nf = lay.nf
@@ -190,14 +191,15 @@ def keys_from_stats(stats: Mapping[str, Mapping[str, np.ndarray]], lay: Layout):
         c = {k: np.where(small[..., None], np.nan, s[k]) for k in ("auroc", *RATES)}
         c["auroc_macro"] = _nanmean(c["auroc"], axis=-1)
         clean[attr] = c
-    a = clean["all"]
-    m["auroc_macro"] = a["auroc_macro"][:, 0]
-    for j, name in enumerate(lay.classes):
-        m[f"auroc/{name}"] = a["auroc"][:, 0, j]
-        for r in RATES:
-            m[f"{r}/{name}"] = a[r][:, 0, j]
-    if nf is not None:
-        m["underdiagnosis"] = a["fpr"][:, 0, nf]
+    if "all" in clean:
+        a = clean["all"]
+        m["auroc_macro"] = a["auroc_macro"][:, 0]
+        for j, name in enumerate(lay.classes):
+            m[f"auroc/{name}"] = a["auroc"][:, 0, j]
+            for r in RATES:
+                m[f"{r}/{name}"] = a[r][:, 0, j]
+        if nf is not None:
+            m["underdiagnosis"] = a["fpr"][:, 0, nf]
     for attr, gr in lay.groupings.items():
         c = clean[attr]
         m[f"auroc_macro_gap/{attr}"] = spread(c["auroc_macro"])

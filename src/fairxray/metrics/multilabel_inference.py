@@ -126,7 +126,7 @@ def _mean_over_runs(cell: _Cell, fn, arg, gaps_only: bool = False):
     for r in range(R):
         st = fn(r, arg)
         if gaps_only:
-            st["all"] = _dummy_all(st, cell)
+            st.pop("all", None)
         m, g = ml.keys_from_stats(st, cell.lay)
         for k, v in m.items():
             if not gaps_only or ml.is_gap_key(k):
@@ -134,13 +134,6 @@ def _mean_over_runs(cell: _Cell, fn, arg, gaps_only: bool = False):
         for k, v in g.items():
             g_acc[k] = g_acc.get(k, 0) + v / R
     return m_acc, ({} if gaps_only else g_acc)
-
-
-def _dummy_all(st: dict, cell: _Cell) -> dict:
-    any_ = next(iter(st.values()))
-    B, L = any_["n"].shape[0], len(cell.lay.classes)
-    nan = np.full((B, 1, L), np.nan)
-    return {"n": np.zeros((B, 1)), "auroc": nan, "tpr": nan, "fpr": nan, "fnr": nan}
 
 
 def _exact_point(cell: _Cell, r: int, Y, P) -> tuple[dict, dict]:
