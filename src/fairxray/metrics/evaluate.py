@@ -30,7 +30,12 @@ from fairxray import DEMO_BANNER, paths
 from fairxray.errors import UserError
 from fairxray.metrics import fairness as fm
 from fairxray.metrics.inference import Design, distinct_runs, infer_cell, undefined_summary
-from fairxray.metrics.plots import plot_confusion, plot_group_f1, plot_reliability
+from fairxray.metrics.plots import (
+    plot_confusion,
+    plot_group_f1,
+    plot_reliability,
+    plot_underdiagnosis,
+)
 from fairxray.metrics.predictions import prob_columns, read_predictions, validate_predictions
 
 GAP_VARIANTS = {
@@ -56,6 +61,9 @@ class Settings:
     alpha: float = 0.05
     mde_power: float = 0.8
     levels: Mapping[str, Sequence[str]] = field(default_factory=dict)  # expected groups per column
+    task: str = "multiclass"  # data.task; multilabel: fairxray.metrics.multilabel_inference
+    threshold_rule: str = "max_f1"
+    target_sensitivity: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -383,9 +391,12 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path, *, profile: str) -> Pa
     }
     (tmp / "evaluation.json").write_text(json.dumps(meta, indent=2) + "\n")
     labelled(ev.by_group, demo).to_csv(tmp / "by_group.csv", index=False)
-    plot_group_f1(ev.by_group, tmp / "group_f1.png", demo=demo)
-    plot_reliability(ev.reliability, tmp / "reliability.png", demo=demo)
-    plot_confusion(ev.confusion, ev.meta["classes"], tmp / "confusion.png", demo=demo)
+    if ev.meta.get("task") == "multilabel":
+        plot_underdiagnosis(ev.by_group, tmp / "underdiagnosis.png", demo=demo)
+    else:
+        plot_group_f1(ev.by_group, tmp / "group_f1.png", demo=demo)
+        plot_reliability(ev.reliability, tmp / "reliability.png", demo=demo)
+        plot_confusion(ev.confusion, ev.meta["classes"], tmp / "confusion.png", demo=demo)
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
     if out_dir.exists():
         os.replace(out_dir, old)
@@ -455,6 +466,8 @@ def evaluate_cell(
 ) -> tuple[list[Evaluation], Evaluation]:
     """``evaluate --model M --method X``: every seed's folder, then the cell (all seeds combined;
     with one distinct run the cell equals that run and is not recomputed)."""
+    if s.task == "multilabel":
+        return _evaluate_cell_multilabel(model, method, seeds, split, s, profile)
     dfs, evs, srcs = [], [], []
     for seed in seeds:
         pred = paths.prediction_file(model, method, seed, split)
@@ -473,6 +486,59 @@ def evaluate_cell(
         cell.meta["deterministic"] = len(dfs) > 1
     else:
         cell = evaluate_runs(dfs, s, srcs, salt=f"{model}/{method}")
+    write_cell(
+        cell, cell_dir(model, method, split), profile=profile, pairing=pairing_digest(dfs[0], s)
+    )
+    return evs, cell
+
+
+def _ml_options(s: Settings):
+    from fairxray.metrics.multilabel_inference import Options
+
+    return Options(
+        classes=tuple(s.classes), sensitive=tuple(s.sensitive), threshold_rule=s.threshold_rule,
+        target_sensitivity=s.target_sensitivity, n_boot=s.n_boot, n_perm=s.n_perm,
+        ci_level=s.ci_level, min_group_size=s.min_group_size, correction=s.correction,
+        alpha=s.alpha, seed=s.seed, levels={k: list(v) for k, v in s.levels.items()},
+    )  # fmt: skip
+
+
+def evaluate_multilabel(tests, vals, s: Settings, sources, salt: str = "") -> Evaluation:
+    """One run (or a cell of runs) under ``data.task: multilabel``: thresholds from ``vals``
+    (validation only), metrics and inference from :mod:`fairxray.metrics.multilabel_inference`."""
+    from fairxray.metrics.multilabel_inference import infer
+
+    r = infer(tests, vals, _ml_options(s), sources, salt)
+    return Evaluation(r.metrics, r.by_group, r.warnings, r.meta, {}, np.zeros((0, 0)), r.replicates)
+
+
+def _read_val(test_file: Path, s: Settings) -> pd.DataFrame:
+    """The validation predictions beside ``test_file`` (``.../val.parquet``), for thresholds."""
+    val = Path(test_file).with_name("val.parquet")
+    if not val.is_file():
+        raise UserError(
+            f"{val}: validation predictions not found; multilabel thresholds are chosen on "
+            f"validation (metrics.threshold_rule), so {Path(test_file).name} needs val.parquet beside it"
+        )
+    return read_predictions(val, s.classes, s.sensitive, task="multilabel")
+
+
+def _evaluate_cell_multilabel(model, method, seeds, split, s: Settings, profile: str):
+    dfs, vals, evs, srcs = [], [], [], []
+    for seed in seeds:
+        pred = paths.prediction_file(model, method, seed, split)
+        df = read_predictions(pred, s.classes, s.sensitive, task="multilabel")
+        val = _read_val(pred, s)
+        ev = evaluate_multilabel([df], [val], s, [str(pred)])
+        write_evaluation(ev, paths.metrics_dir(model, method, seed, split), profile=profile)
+        dfs.append(df)
+        vals.append(val)
+        evs.append(ev)
+        srcs.append(str(pred))
+    if len(dfs) == 1:
+        cell = evs[0]
+    else:
+        cell = evaluate_multilabel(dfs, vals, s, srcs, salt=f"{model}/{method}")
     write_cell(
         cell, cell_dir(model, method, split), profile=profile, pairing=pairing_digest(dfs[0], s)
     )
@@ -503,11 +569,20 @@ def settings(p) -> Settings:
         alpha=m.alpha,
         mde_power=m.mde_power,
         levels=levels,
+        task=p.data.task,
+        threshold_rule=m.threshold_rule,
+        target_sensitivity=m.target_sensitivity,
     )
 
 
 def evaluate_file(pred: str | Path, out: str | Path, s: Settings, profile: str) -> Evaluation:
-    """Read one predictions file (validated against the contract), evaluate it, write ``out``."""
+    """Read one predictions file (validated against the contract), evaluate it, write ``out``.
+    Under multilabel the thresholds come from ``val.parquet`` beside ``pred``."""
+    if s.task == "multilabel":
+        df = read_predictions(pred, s.classes, s.sensitive, task="multilabel")
+        ev = evaluate_multilabel([df], [_read_val(pred, s)], s, [str(pred)])
+        write_evaluation(ev, out, profile=profile)
+        return ev
     df = read_predictions(pred, s.classes, s.sensitive)
     ev = evaluate_frame(df, s, str(pred))
     write_evaluation(ev, out, profile=profile)

@@ -315,6 +315,20 @@ def table_of(key: str) -> str:
     return "underdiagnosis" if key.startswith("fnr_gap/") else "fairness"
 
 
+def permutation_p(t0: float, null_stat: np.ndarray, null_gap: np.ndarray) -> tuple[float, float]:
+    """``p = (1 + #{T_null >= T}) / (1 + n)`` over the finite null statistics (NaN when ``t0`` or
+    every null value is undefined), and the mean of the finite null gaps."""
+    tn = np.asarray(null_stat, dtype=float)
+    fin = tn[np.isfinite(tn)]
+    p = (
+        float((1 + np.sum(fin >= t0 - 1e-12)) / (1 + fin.size))
+        if np.isfinite(t0) and fin.size
+        else np.nan
+    )
+    v = np.asarray(null_gap, dtype=float)
+    return p, float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else np.nan
+
+
 def gap_inference(
     point: Mapping[str, float], runs, d: Design, with_mde: bool = True
 ) -> dict[str, float]:
@@ -330,14 +344,7 @@ def gap_inference(
     for k in gaps:
         v = null.get(k, np.full(1, np.nan))
         t0 = float(_test_stat(k, np.asarray([point[k]]))[0])
-        tn = _test_stat(k, v)
-        fin = tn[np.isfinite(tn)]
-        pv[k] = (
-            float((1 + np.sum(fin >= t0 - 1e-12)) / (1 + fin.size))
-            if np.isfinite(t0) and fin.size
-            else np.nan
-        )
-        null_mean = float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else np.nan
+        pv[k], null_mean = permutation_p(t0, _test_stat(k, v), v)
         out[f"{k}/p_value"] = pv[k]
         out[f"{k}/null_mean"] = null_mean
         out[f"{k}/excess"] = point[k] - null_mean
@@ -364,7 +371,7 @@ class CellInference:
     n_runs: int
 
 
-def _mean_points(points: Sequence[Mapping]) -> tuple[dict, dict]:
+def mean_points(points: Sequence[Mapping]) -> tuple[dict, dict]:
     keys = list(points[0])
     mean = {k: float(np.mean([p[k] for p in points])) for k in keys}
     sd = {
@@ -386,8 +393,8 @@ def infer_cell(
     ``points`` / ``group_points``: each run's point estimates (the scikit-learn / fairlearn values of
     :func:`fairxray.metrics.evaluate.point_metrics`); ``runs``: each run's ``(y, prob)`` on the same
     rows. The caller passes distinct runs only (:func:`distinct_runs`)."""
-    point, sd = _mean_points(points)
-    gpoint, gsd = _mean_points(group_points)
+    point, sd = mean_points(points)
+    gpoint, gsd = mean_points(group_points)
     metrics: dict[str, float] = {}
     reps: dict = {}
     greps: dict = {}

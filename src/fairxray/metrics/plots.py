@@ -1,4 +1,5 @@
-"""The per-run PNG plots of ``evaluate``: group F1 with intervals, reliability, confusion."""
+"""The per-run PNG plots of ``evaluate``: group F1 with intervals, reliability, confusion; under
+multilabel the underdiagnosis rate per group."""
 
 from __future__ import annotations
 
@@ -102,3 +103,36 @@ def plot_confusion(
                 color="white" if confusion[i, j] > top / 2 else "black",
             )
     _finish(fig, path, demo, "Confusion matrix (test split)")
+
+
+def plot_underdiagnosis(by_group: pd.DataFrame, path: Path, *, demo: bool) -> None:
+    """Underdiagnosis rate (the No Finding false-positive rate among images with a finding) per
+    group with its interval, one panel per attribute and the intersection."""
+    plt = _pyplot()
+    d = by_group[by_group["metric"] == "underdiagnosis"] if len(by_group) else by_group
+    attrs = list(dict.fromkeys(d["attribute"])) if len(d) else []
+    fig, axes = plt.subplots(
+        1, max(len(attrs), 1), figsize=(3.0 * max(len(attrs), 1) + 1.5, 3.6), squeeze=False
+    )
+    for ax, attr in zip(axes[0], attrs, strict=False):
+        a = d[d["attribute"] == attr]
+        v = a["value"].to_numpy(dtype=float)
+        err = np.vstack([v - a["ci_low"].to_numpy(float), a["ci_high"].to_numpy(float) - v])
+        err = np.clip(np.where(np.isfinite(err), err, 0), 0, None)
+        ax.bar(range(len(a)), np.nan_to_num(v), yerr=err, capsize=3, color="#e45756")
+        den = a["n_denominator"] if "n_denominator" in a else a["n"]
+        ax.set_xticks(range(len(a)))
+        ax.set_xticklabels(
+            [f"{g}\nn={n}" for g, n in zip(a["group"], den, strict=True)], fontsize=6
+        )
+        hi = np.nanmax(np.r_[a["ci_high"].to_numpy(float), v, 0.05])
+        ax.set_ylim(0, min(1.0, hi * 1.15))
+        ax.set_title(attr, fontsize=8)
+        ax.set_ylabel("underdiagnosis rate")
+    if not attrs:
+        axes[0, 0].axis("off")
+    _finish(
+        fig, path, demo,
+        "Underdiagnosis: share of images with a finding labelled No Finding (bars: CI; n: images "
+        "with a finding)",
+    )  # fmt: skip

@@ -45,20 +45,21 @@ def _round(v) -> float | None:
     return round(v, 4) if math.isfinite(v) else None
 
 
-def summary(head: pd.DataFrame) -> dict:
-    """``{"<model>/<method>": {"n_seeds": n, <headline key>: mean, ...}}`` from the aggregate."""
+def summary(head: pd.DataFrame, keys=HEADLINE) -> dict:
+    """``{"<model>/<method>": {"n_seeds": n, <headline key>: mean, ...}}`` from the aggregate
+    (``keys``: :data:`~fairxray.metrics.headline.HEADLINE_ML` under multilabel)."""
     return {
         f"{r['model']}/{r['method']}": {
             "n_seeds": int(r["n_seeds"]),
-            **{k: _round(r[k]) if k in r else None for k in HEADLINE},
+            **{k: _round(r[k]) if k in r else None for k in keys},
         }
         for _, r in head.iterrows()
     }
 
 
-def write_summary(path: Path, head: pd.DataFrame, demo: bool = False) -> None:
+def write_summary(path: Path, head: pd.DataFrame, demo: bool = False, keys=HEADLINE) -> None:
     """``summary.json``; in the demo profile it carries the DEMO label first."""
-    content = {"label": DEMO_BANNER, **summary(head)} if demo else summary(head)
+    content = {"label": DEMO_BANNER, **summary(head, keys)} if demo else summary(head, keys)
     path.write_text(json.dumps(content, indent=2) + "\n")
 
 

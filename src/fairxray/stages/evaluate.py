@@ -12,9 +12,10 @@ from fairxray.errors import UserError
 
 def _say(what: str, ev) -> None:
     m, notes = ev.metrics, "".join(f"; {n.split(' (')[0]}" for n in ev.meta.get("notes", []))
+    k = "accuracy" if "accuracy" in m else "auroc_macro"  # multilabel: macro AUROC
     print(
-        f"evaluate {what}: accuracy {m['accuracy']:.3f} "
-        f"[{m['accuracy/ci_low']:.3f}, {m['accuracy/ci_high']:.3f}], n {m['n/images']}, "
+        f"evaluate {what}: {k} {m[k]:.3f} "
+        f"[{m[k + '/ci_low']:.3f}, {m[k + '/ci_high']:.3f}], n {m['n/images']}, "
         f"{len(ev.warnings)} warning(s){notes}"
     )
 
@@ -36,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     # After parsing: --help stays instant.
     from fairxray.metrics.evaluate import evaluate_cell, evaluate_file, settings
 
-    p = load_params(args.params)
-    s = settings(p)
+    s = settings(p := load_params(args.params))
     profile = args.profile or p.profile
     if args.predictions is not None:
         if args.out is None or args.model or args.method:

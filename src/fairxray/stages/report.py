@@ -16,14 +16,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     from fairxray.report.build import build_report  # after parsing: --help stays instant
+    from fairxray.report.multilabel import build_multilabel_report
 
     p = load_params(args.params)
-    s = build_report(p, args.out, profile=args.profile)
+    build = build_multilabel_report if p.data.task == "multilabel" else build_report
+    s = build(p, args.out, profile=args.profile)
     missing = f"; {len(s['missing'])} run(s) missing" if s["missing"] else ""
+    files = s.get("files") or (
+        "report.md, report.html, table1_utility.*, table2_fairness.*, gap_inference.csv, "
+        f"paired_comparisons.csv: {s['paired']} row(s)"
+    )
     print(
-        f"report: {s['runs']} run(s), {s['rows']} model x method row(s) -> {s['out']}/ "
-        f"(report.md, report.html, table1_utility.*, table2_fairness.*, gap_inference.csv, "
-        f"paired_comparisons.csv: {s['paired']} row(s)){missing}"
+        f"report: {s['runs']} run(s), {s['rows']} model x method row(s) -> {s['out']}/ ({files}){missing}"
     )
     for line in s["significant"]:
         print(f"  significant after correction: {line}")

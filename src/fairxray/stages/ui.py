@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     from fairxray.track.ui import headline_view, serve, ui_command
 
     cmd, env = ui_command(uri, args.host, args.port)
-    url = headline_view(uri, p.mlflow.experiment, p.profile, f"http://{args.host}:{args.port}")
+    base = f"http://{args.host}:{args.port}"
+    url = headline_view(uri, p.mlflow.experiment, p.profile, base, p.data.task)
     print(
         f"fairxray ui: MLflow UI of {uri} (experiment {p.mlflow.experiment}); open\n  {url}\n"
         "(the training runs with the headline columns; Ctrl-C stops it)",

@@ -18,10 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from fairxray.errors import UserError
-from fairxray.metrics.headline import GAPS, HEADLINE, TITLES
+from fairxray.metrics.headline import HEADLINE, HEADLINE_ML, TITLES, TITLES_ML, gaps_for, task_of
 
 SUMMARY = "reports/summary.json"
 COLUMNS = ("experiment", "cell", *(TITLES[k] for k in HEADLINE))
+
+
+def _keys(rows: list[dict]) -> tuple[str, ...]:
+    """The multi-label headline when every row is a multi-label cell (no accuracy), else the
+    multi-class one."""
+    return HEADLINE_ML if rows and all("underdiagnosis" in r for r in rows) else HEADLINE
 
 
 def _rev_rows(entry: Mapping[str, Any], label: str) -> list[dict]:
@@ -31,9 +37,8 @@ def _rev_rows(entry: Mapping[str, Any], label: str) -> list[dict]:
     rows = []
     for cell, figures in summary.items():
         if isinstance(figures, Mapping):
-            rows.append(
-                {"experiment": label, "cell": cell, **{k: figures.get(k) for k in HEADLINE}}
-            )
+            keys = HEADLINE_ML if task_of(figures) == "multilabel" else HEADLINE
+            rows.append({"experiment": label, "cell": cell, **{k: figures.get(k) for k in keys}})
     return rows
 
 
@@ -82,16 +87,20 @@ def mlflow_rows(tracking_uri: str, experiment: str) -> list[dict]:
     rows = []
     for r in runs:
         m, t = r.data.metrics, r.data.tags
-        if h.mlflow_name("accuracy") not in m:
+        if h.mlflow_name("accuracy") in m:
+            task = "multiclass"
+        elif h.mlflow_name("auroc_macro", "multilabel") in m:
+            task = "multilabel"
+        else:
             continue  # tuned but never tracked
         row = {
             "experiment": t.get(h.DVC_EXPERIMENT, "?"),
             "cell": f"{t.get(MODEL)}/{t.get(METHOD)}",
         }
-        for k in HEADLINE:
-            row[k] = m.get(h.mlflow_name(k))
-            sig = m.get(h.mlflow_name(f"{k}/significant"))
-            if k in GAPS and sig is not None and sig >= 1.0:
+        for k in HEADLINE_ML if task == "multilabel" else HEADLINE:
+            row[k] = m.get(h.mlflow_name(k, task))
+            sig = m.get(h.mlflow_name(f"{k}/significant", task))
+            if k in gaps_for(task) and sig is not None and sig >= 1.0:
                 row[f"{k}/significant"] = True
         rows.append(row)
     return rows
@@ -105,22 +114,29 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
 
 
 def table(rows: list[dict]) -> list[list[str]]:
-    return [[str(r["experiment"]), str(r["cell"]), *(_cell(r, k) for k in HEADLINE)] for r in rows]
+    keys = _keys(rows)
+    return [[str(r["experiment"]), str(r["cell"]), *(_cell(r, k) for k in keys)] for r in rows]
+
+
+def columns(rows: list[dict]) -> tuple[str, ...]:
+    keys = _keys(rows)
+    titles = TITLES_ML if keys == HEADLINE_ML else TITLES
+    return ("experiment", "cell", *(titles[k] for k in keys))
 
 
 def render(rows: list[dict], markdown: bool = False) -> str:
     """A fixed-width terminal table, or a Markdown table with ``markdown``."""
     if not rows:
         raise UserError(f"compare: no headline figures found (run `dvc repro` so {SUMMARY} exists)")
-    body = table(rows)
+    body, cols = table(rows), columns(rows)
     if markdown:
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
         return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(COLUMNS)]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(cols)]
 
     def fmt(r: list[str]) -> str:
         cells = zip(r, widths, strict=True)
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells))
 
-    return "\n".join([fmt(COLUMNS), fmt(["-" * w for w in widths]), *(fmt(r) for r in body)])
+    return "\n".join([fmt(cols), fmt(["-" * w for w in widths]), *(fmt(r) for r in body)])

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from fairxray import DEMO_BANNER
-from fairxray.metrics.headline import GAPS, HEADLINE, INFERENCE, INTERVAL, TITLES
+from fairxray.metrics.headline import (
+    INFERENCE,
+    INTERVAL,
+    gaps_for,
+    headline_for,
+    task_of,
+    titles_for,
+)
 
 EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the UI: which home page an experiment gets
 TRAINING = "custom_model_development"
@@ -45,16 +52,18 @@ def _safe(s: str) -> str:
     return _BAD.sub("_", str(s).replace("&", "_x_"))
 
 
-def mlflow_name(key: str) -> str:
-    """``accuracy`` -> ``1.accuracy``; ``f1_gap/sex/standard/ci_low`` -> ``7.f1_gap/sex/...``."""
-    for i, k in enumerate(HEADLINE, start=1):
+def mlflow_name(key: str, task: str = "multiclass") -> str:
+    """``accuracy`` -> ``1.accuracy``; ``f1_gap/sex/standard/ci_low`` -> ``7.f1_gap/sex/...``.
+    Under ``multilabel`` the numbering follows :data:`~fairxray.metrics.headline.HEADLINE_ML`
+    (``1.auroc_macro``, ``2.underdiagnosis``, ``3.underdiagnosis_gap/age_group`` ...)."""
+    for i, k in enumerate(headline_for(task), start=1):
         if key == k or key.startswith(f"{k}/"):
             return f"{i}.{key}"
     raise KeyError(f"{key}: not a headline figure or one of its companions")
 
 
-def _companion_keys(key: str) -> list[str]:
-    tail = INTERVAL + (INFERENCE if key in GAPS else ())
+def _companion_keys(key: str, task: str = "multiclass") -> list[str]:
+    tail = INTERVAL + (INFERENCE if key in gaps_for(task) else ())
     return [key, *(f"{key}/{t}" for t in tail)]
 
 
@@ -71,16 +80,18 @@ def headline_metrics(seeds: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     over seeds under its sorted name (one seed: its values). ``K/significant`` becomes the
     fraction of seeds in which the gap was significant. A key absent from every seed is left
     out (the inference keys exist only once the permutation test ran); an undefined value
-    (null) counts as NaN."""
+    (null) counts as NaN. The headline list is the task's (:func:`fairxray.metrics.headline.task_of`
+    of the first seed)."""
     seeds = list(seeds)
     out = {}
-    for key in HEADLINE:
-        for k in _companion_keys(key):
+    task = task_of(seeds[0]) if seeds else "multiclass"
+    for key in headline_for(task):
+        for k in _companion_keys(key, task):
             if not any(k in m for m in seeds):
                 continue
             vals = [_num(m.get(k)) for m in seeds]
             finite = [v for v in vals if v is not None and math.isfinite(v)]
-            out[mlflow_name(k)] = sum(finite) / len(finite) if finite else float("nan")
+            out[mlflow_name(k, task)] = sum(finite) / len(finite) if finite else float("nan")
     return out
 
 
@@ -121,14 +132,16 @@ def mean_group_metrics(per_seed: Iterable[Mapping[str, float]]) -> dict[str, flo
     return out
 
 
-def view_state() -> dict:
+def view_state(task: str = "multiclass") -> dict:
     """The runs-table view of the saved view: run name, time, the headline columns (value,
     interval, corrected p-value), the DVC experiment and the profile; newest first."""
     cols = ["attributes.`Run Name`", "attributes.`Created`"]
-    for key in HEADLINE:
-        cols.append(f"metrics.`{mlflow_name(key)}`")
-        if key in GAPS:
-            cols += [f"metrics.`{mlflow_name(f'{key}/{t}')}`" for t in (*INTERVAL, "p_adjusted")]
+    for key in headline_for(task):
+        cols.append(f"metrics.`{mlflow_name(key, task)}`")
+        if key in gaps_for(task):
+            cols += [
+                f"metrics.`{mlflow_name(f'{key}/{t}', task)}`" for t in (*INTERVAL, "p_adjusted")
+            ]
     cols += [f"tags.`{DVC_EXPERIMENT}`", "tags.`fairxray.profile`"]
     return {
         "selectedColumns": cols,
@@ -138,7 +151,7 @@ def view_state() -> dict:
     }
 
 
-def experiment_tags(profile: str) -> dict[str, str]:
+def experiment_tags(profile: str, task: str = "multiclass") -> dict[str, str]:
     """The experiment's tags: model training (the UI's home is the runs table), a description
     (DEMO in the demo) and the saved headline view."""
     what = (
@@ -148,18 +161,18 @@ def experiment_tags(profile: str) -> dict[str, str]:
     )
     note = (
         f"{what} One parent run per model x method (the mean over seeds of the headline figures: "
-        + ", ".join(TITLES[k] for k in HEADLINE)
+        + ", ".join(titles_for(task)[k] for k in headline_for(task))
         + "), nested runs per seed and per tuning trial. `fairxray ui` opens the headline view."
     )
     return {
         EXPERIMENT_KIND: TRAINING,
         NOTE: note,
-        SHARED_VIEW + VIEW_KEY: json.dumps(view_state(), separators=(",", ":")),
+        SHARED_VIEW + VIEW_KEY: json.dumps(view_state(task), separators=(",", ":")),
     }
 
 
-def present_experiment(cl, exp_id: str, profile: str) -> None:
-    for k, v in experiment_tags(profile).items():
+def present_experiment(cl, exp_id: str, profile: str, task: str = "multiclass") -> None:
+    for k, v in experiment_tags(profile, task).items():
         cl.set_experiment_tag(exp_id, k, v)
 
 

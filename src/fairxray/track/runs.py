@@ -89,10 +89,10 @@ def client(tracking_uri: str):
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def experiment_id(cl, name: str, tracking_uri: str, profile: str) -> str:
+def experiment_id(cl, name: str, tracking_uri: str, profile: str, task: str = "multiclass") -> str:
     exp = cl.get_experiment_by_name(name)
     if exp is not None:
-        headline.present_experiment(cl, exp.experiment_id, profile)
+        headline.present_experiment(cl, exp.experiment_id, profile, task)
         return exp.experiment_id
     root = artifact_root(tracking_uri)
     location = None
@@ -100,7 +100,7 @@ def experiment_id(cl, name: str, tracking_uri: str, profile: str) -> str:
         root.mkdir(parents=True, exist_ok=True)
         location = root.resolve().as_uri()
     try:
-        tags = {"profile": profile, **headline.experiment_tags(profile)}
+        tags = {"profile": profile, **headline.experiment_tags(profile, task)}
         return cl.create_experiment(name, artifact_location=location, tags=tags)
     except Exception:
         # Another process created it between the lookup and here.
@@ -259,7 +259,7 @@ class TrialLogger:
         # On the first trial only: a resumed study with nothing left to run never imports MLflow.
         p = self.p
         self.cl = client(self.uri)
-        self.exp = experiment_id(self.cl, p.mlflow.experiment, self.uri, p.profile)
+        self.exp = experiment_id(self.cl, p.mlflow.experiment, self.uri, p.profile, p.data.task)
         self.parent = pair_run(self.cl, self.exp, p, self.model, self.method)
         self.tags = common_tags(p, self.model, self.method, "tune")
         identity = {MODEL: self.model, METHOD: self.method}
@@ -417,7 +417,7 @@ def track(
     ``tracked/<model>/<method>.json``. Returns that file's content."""
     uri = tracking_uri or p.mlflow.tracking_uri
     cl = client(uri)
-    exp = experiment_id(cl, p.mlflow.experiment, uri, p.profile)
+    exp = experiment_id(cl, p.mlflow.experiment, uri, p.profile, p.data.task)
     parent = pair_run(cl, exp, p, model, method)
     tags = common_tags(p, model, method, "train")
     inputs = {seed: seed_inputs(p, model, method, seed) for seed in p.seeds}

@@ -69,7 +69,9 @@ def serve(cmd: list[str], env: dict[str, str]) -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def headline_view(tracking_uri: str, experiment: str, profile: str, base: str) -> str:
+def headline_view(
+    tracking_uri: str, experiment: str, profile: str, base: str, task: str = "multiclass"
+) -> str:
     """The URL the UI should open: the experiment's runs table in the headline view (its tags
     set again, so a store made before them gets them too); the UI's root when the experiment
     does not exist yet."""
@@ -77,5 +79,5 @@ def headline_view(tracking_uri: str, experiment: str, profile: str, base: str) -
     exp = cl.get_experiment_by_name(experiment)
     if exp is None:
         return base
-    headline.present_experiment(cl, exp.experiment_id, profile)
+    headline.present_experiment(cl, exp.experiment_id, profile, task)
     return headline.view_url(base, exp.experiment_id)
