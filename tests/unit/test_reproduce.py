@@ -429,29 +429,6 @@ def test_demo_refuses_a_real_data_profile(tmp_path, monkeypatch, capsys):
     assert not out.exists()  # refused before anything is written
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capfd):
-    monkeypatch.chdir(REPO)
-    out = tmp_path / "out"
-    # A smaller grid than the default demo: the full demo graph is already covered by
-    # tests/smoke/test_repro.py; this test is about the run folder and resuming.
-    small = ["--set", "methods=[zero_shot, linear_probe]", "--set", "mitigations=[]"]
-    small += ["--set", "metrics.n_boot=10", "--set", "metrics.n_perm=10", "--set", "images.size=32"]
-    small += ["--set", "data.protocols=[nih6x200-clean]"]
-    assert cli.main(["demo", "--out", str(out), *small]) == 0
-    assert "demo finished" in capfd.readouterr().out
-    protocols = yaml.safe_load((out / "params.yaml").read_text())["data"]["protocols"]
-    for protocol in protocols:
-        manifest = json.loads((out / "data" / "splits" / protocol / "manifest.json").read_text())
-        assert manifest["protocol"] == protocol
-        cache = json.loads((out / "data" / "images" / protocol / "manifest.json").read_text())
-        assert cache["complete"] and cache["source"] == "synthetic"
-    assert cli.main(["demo", "--out", str(out), *small]) == 0
-    second = capfd.readouterr()
-    for protocol in protocols:
-        assert f"'prepare@{protocol}' didn't change, skipping" in second.out + second.err
-
-
 def test_project_commit_from_git_or_the_image_build_arg(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()
