@@ -54,6 +54,15 @@ class Problem:
     reason: str
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and ``taskset``
+    narrow), the meaning of ``images.workers: 0``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def find_pngs(images_dir: Path) -> dict[str, Path]:
     """Map file name -> path for every PNG below ``images_dir`` (NIH's ``images_NNN/images/`` or flat)."""
     if not images_dir.is_dir():
@@ -358,7 +367,7 @@ def _decode_all(
         (pending[k : k + CHUNK], params.size, params.min_source_size)
         for k in range(0, len(pending), CHUNK)
     ]
-    workers = params.workers or os.cpu_count() or 1
+    workers = params.workers or cores()
     bar = tqdm(total=len(ids), initial=len(ids) - len(pending), disable=not progress, desc="decode")
     made = 0
 
