@@ -230,3 +230,11 @@ def test_skip_mode_copies_the_kept_rows_in_blocks(tmp_path, monkeypatch):
     for v in keep:
         ref = images_mod.decode(next((tmp_path / "nih").rglob(v)), 16)
         assert np.array_equal(cache.get([v])[0], ref)
+
+
+def test_16_bit_scaling_rounds_every_value_as_float_rounding_does(tmp_path):
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # every 16-bit value once
+    path = tmp_path / "00000001_000.png"
+    Image.fromarray(values).save(path)
+    got = images_mod.decode(path, 256)
+    assert np.array_equal(got, np.round(values / 65535.0 * 255.0).astype(np.uint8))
