@@ -365,10 +365,30 @@ def summarise(runs: list[dict]) -> dict:
         r["seconds_per_1k"] = round(1000 * r["seconds"] / r["n"], 4)
         r["peak_increase_mb"] = round(r["peak_rss_mb"] - r["rss_start_mb"], 1)
     ns = [r["n"] for r in runs]
+    secs = [r["seconds"] for r in runs]
     return {
         "runs": runs,
-        "slope_seconds": slope(ns, [r["seconds"] for r in runs]),
+        "slope_seconds": slope(ns, secs),
+        # Between the two largest sizes, where a step's fixed cost (imports done, but model
+        # build, plots, file writes) weighs least; n log n (sorting) reads 1 + 1/ln(n), about 1.1.
+        "slope_seconds_top": slope(ns[-2:], secs[-2:]) if len(ns) > 1 else None,
         "slope_peak_increase": slope(ns, [r["peak_increase_mb"] for r in runs]),
+        "fixed_plus_linear": fixed_plus_linear(ns, secs),
+    }
+
+
+def fixed_plus_linear(ns, ys) -> dict | None:
+    """Least squares in relative terms of ``y = fixed + per_1k * n / 1000``, and the largest
+    residual relative to y: small when the cost is a constant plus a linear term."""
+    if len(set(ns)) < 2:
+        return None
+    y = np.asarray(ys, float)
+    b, a = np.polyfit(np.asarray(ns, float), y, 1, w=1 / y)  # relative residuals count
+    worst = max(abs(a + b * n - y) / y for n, y in zip(ns, ys, strict=True))
+    return {
+        "fixed_seconds": round(float(a), 3),
+        "seconds_per_1k": round(float(1000 * b), 4),
+        "max_rel_residual": round(float(worst), 3),
     }
 
 

@@ -79,6 +79,9 @@ def test_slope_is_the_log_log_least_squares_fit(tiny):
     assert slope([1e3, 1e4, 1e5], [2.0, 20.0, 200.0]) == pytest.approx(1.0)
     assert slope([1e3, 1e4, 1e5], [1.0, 100.0, 1e4]) == pytest.approx(2.0)
     assert slope([1e3], [5.0]) is None
+    fit = _module().fixed_plus_linear([1e3, 1e4, 1e5], [2.5, 7.0, 52.0])  # 2 s + 0.5 s per 1k
+    assert fit == {"fixed_seconds": 2.0, "seconds_per_1k": 0.5, "max_rel_residual": 0.0}
+    assert tiny["steps"]["prepare"]["slope_seconds_top"] == pytest.approx(by_hand, abs=1e-3)
 
 
 def test_unknown_step_is_refused_by_name():

@@ -187,6 +187,10 @@ class _Partial:
         return same and done.shape == (n,) and shape == (n, key["size"], key["size"])
 
     def write(self, row: int, arr: np.ndarray) -> None:
+        if arr.size != self.row_bytes:  # a wrong-sized image would overwrite its neighbours
+            raise ValueError(
+                f"row {row}: image of shape {arr.shape}, expected one row of the cache"
+            )
         os.pwrite(
             self.fd,
             np.ascontiguousarray(arr, np.uint8).tobytes(),
