@@ -120,7 +120,9 @@ def _build(split, tmp: Path, name: str, params: ImagesParams, on_commit=None) ->
     return time.perf_counter() - t0
 
 
-def run(n: int, size: int, distinct: int, share_16bit: float, stop_after: int, tmp: Path) -> dict:
+def run(
+    n: int, size: int, distinct: int, share_16bit: float, stop_after: int, workers: int, tmp: Path
+) -> dict:
     ids = write_folder(tmp / "nih", n, distinct, share_16bit)
     files = images.find_pngs(tmp / "nih")
     sample = [files[v] for v in ids[: min(n, 2 * distinct)]]
@@ -128,8 +130,10 @@ def run(n: int, size: int, distinct: int, share_16bit: float, stop_after: int, t
     wall0, cpu0 = _decode_sample(sample, size)
 
     split = pd.DataFrame({"image_id": ids, "label_idx": 0, "age_group": "0-59", "sex": "M"})
-    params = ImagesParams(size=size, min_source_size=32, on_error="fail", workers=0, synthetic=SYN)
-    cores = images.cores()
+    params = ImagesParams(
+        size=size, min_source_size=32, on_error="fail", workers=workers, synthetic=SYN
+    )
+    cores = workers or images.cores()
     load = os.getloadavg()[0]
     cpu_before = _cpu_seconds()
     build_s = _build(split, tmp, "full", params)
@@ -151,6 +155,10 @@ def run(n: int, size: int, distinct: int, share_16bit: float, stop_after: int, t
         _build(split, tmp, "resumed", params, stop)
     except _Stop:
         pass
+    else:
+        raise SystemExit(
+            f"image_cache: the build ended in {len(commits)} commit(s), before the stop"
+        )
     first_s = time.perf_counter() - t0
     left = n - int(np.load(tmp / "resumed.partial" / "done.npy").sum())
     resumed = []
@@ -198,10 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distinct", type=int, default=20, help="distinct encoded PNGs the files copy")
     ap.add_argument("--share-16bit", type=float, default=0.1)
     ap.add_argument("--stop-after", type=int, default=3, help="commits before the simulated stop")
+    ap.add_argument("--workers", type=int, default=0, help="images.workers; 0 = all cores")
     ap.add_argument("--tmp", type=Path, help="scratch folder (default: a system temporary one)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        result = run(args.n, args.size, args.distinct, args.share_16bit, args.stop_after, Path(tmp))
+        result = run(
+            args.n,
+            args.size,
+            args.distinct,
+            args.share_16bit,
+            args.stop_after,
+            args.workers,
+            Path(tmp),
+        )
     print(json.dumps(result))
     return 0
 

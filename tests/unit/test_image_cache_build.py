@@ -1,9 +1,12 @@
 """The image-cache build at scale: resume after a stop or a SIGKILL gives the same bytes as one
 uninterrupted build and redoes no committed chunk; a crash never publishes a half cache; 16-bit
-and RGBA PNGs decode to the values an independent formula gives, through the worker pool."""
+and RGBA PNGs decode to the values an independent formula gives, through the worker pool; and
+benchmarks/image_cache.py runs at a tiny size and reports a resume without rework."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -238,3 +241,34 @@ def test_16_bit_scaling_rounds_every_value_as_float_rounding_does(tmp_path):
     Image.fromarray(values).save(path)
     got = images_mod.decode(path, 256)
     assert np.array_equal(got, np.round(values / 65535.0 * 255.0).astype(np.uint8))
+
+
+def test_the_image_cache_benchmark_runs_and_reports_a_resume_without_rework(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "bench_image_cache", Path(__file__).resolve().parents[2] / "benchmarks" / "image_cache.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(images_mod, "CHUNK", 4)
+    # 12 chunks on 2 workers, at most 4 in flight: the first commit holds at most 16 images.
+    args = [
+        "--n",
+        "48",
+        "--size",
+        "32",
+        "--distinct",
+        "4",
+        "--share-16bit",
+        "0.25",
+        "--workers",
+        "2",
+    ]
+    assert bench.main([*args, "--stop-after", "1"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n_images"] == 48 and r["chunk"] == 4 and r["cores"] == 2
+    ideal = r["decode_per_core_images_per_s"] * r["cores"]
+    assert r["efficiency"] == pytest.approx(r["build_images_per_s"] / ideal, abs=2e-3)
+    res = r["resume"]
+    assert res["stopped_after_commits"] == 1 and 0 < res["images_done_at_stop"] <= 16
+    assert res["resumed_images_decoded"] == 48 - res["images_done_at_stop"]
+    assert res["rework_images"] == 0 and res["identical"] is True
