@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -104,13 +105,22 @@ def _sample_metadata(raw, n: int, rng):
     return out.iloc[:n], keep_patients
 
 
-def prepare_setup(n: int, folder: Path, p, args) -> None:
+@functools.cache
+def _bundled_metadata():
+    """The raw NIH CSV of torchxrayvision's wheel, read once per process (each size samples it)."""
     import pandas as pd
+
+    from fairxray.data import nih
+
+    return pd.read_csv(nih.bundled_metadata())
+
+
+def prepare_setup(n: int, folder: Path, p, args) -> None:
 
     from fairxray.data import nih, splits
 
     rng = np.random.default_rng(0)
-    raw = pd.read_csv(nih.bundled_metadata())
+    raw = _bundled_metadata()
     if n < 2 * KEEP_PER_FINDING * (len(nih.NIH_LABELS) + 1):
         raise SystemExit(f"scale: prepare needs n >= {2 * KEEP_PER_FINDING * 15} rows")
     meta_rows, keep = _sample_metadata(raw, n, rng)
