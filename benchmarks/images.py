@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             Image.fromarray(noisy, "L").save(root / i)
         split = pd.DataFrame({"image_id": ids, "label_idx": 0, "age_group": "0-59", "sex": "M"})
-        params = ImagesParams(size=args.size, on_error="fail", workers=args.workers, synthetic=syn)
+        params = ImagesParams(
+            size=args.size, min_source_size=32, on_error="fail", workers=args.workers, synthetic=syn
+        )
 
         t0 = time.perf_counter()
         images.build_cache(
