@@ -294,6 +294,37 @@ def evaluate_run(folder: Path, p) -> dict:
     return _evaluate(folder, p, point_only=False)
 
 
+def _multilabel(p):
+    """``p`` under ``data.task: multilabel`` with NIH's 14 findings and No Finding as targets."""
+    from fairxray.data.nih import TARGETS
+
+    data = dataclasses.replace(p.data, task="multilabel", classes=tuple(TARGETS))
+    return dataclasses.replace(p, data=data)
+
+
+def multilabel_setup(n: int, folder: Path, p, args) -> None:
+    """``test.parquet`` of ``n`` images and, for the thresholds, ``val.parquet`` of ``n / 4``."""
+    from fairxray.data.nih import age_group_labels
+    from fairxray.metrics.predictions import write_predictions
+
+    q = _multilabel(p)
+    groups = age_group_labels(q.data.age_bins)
+    for split, rows, seed in (("test", n, 0), ("val", max(n // 4, 50), 1)):
+        df = predictions_frame(rows, q.data.classes, groups, "multilabel", seed=seed)
+        path = folder / f"{split}.parquet"
+        write_predictions(df, path, q.data.classes, q.metrics.sensitive, "multilabel")
+
+
+@step("evaluate_multilabel", setup=multilabel_setup, imports=EVALUATE_IMPORTS)
+def evaluate_multilabel_run(folder: Path, p) -> dict:
+    """The multi-label evaluate (15 labels, val-chosen thresholds, every gap's inference)."""
+    from fairxray.metrics.evaluate import evaluate_file, settings
+
+    s = settings(_multilabel(p))
+    ev = evaluate_file(folder / "test.parquet", folder / "metrics", s, p.profile)
+    return {"rows": int(ev.metrics["n/images"]), "labels": len(s.classes), "n_boot": s.n_boot}
+
+
 # ---- measurement ---------------------------------------------------------------------------
 
 
