@@ -303,3 +303,40 @@ def _kw(d: Design) -> dict:
         "n_bins": d.n_bins,
         "min_group_size": d.min_group_size,
     }
+
+
+def test_replicate_blocks_do_not_change_any_figure(monkeypatch):
+    """The block size adapts to the test set (time and memory stay linear); every interval,
+    p-value and null equals the one computed in blocks of another size."""
+    import dataclasses
+    import math
+    from pathlib import Path
+
+    from fairxray.config import load_params
+    from fairxray.data.nih import age_group_labels
+    from fairxray.metrics import evaluate as ev
+    from fairxray.metrics.inference import chunk_for
+
+    assert chunk_for(240) == 100 and chunk_for(100_000) == 40 and chunk_for(10**8) == 8
+    p = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    s = dataclasses.replace(ev.settings(p), n_boot=30, n_perm=30)
+    rng = np.random.default_rng(5)
+    n, k = 600, len(p.data.classes)
+    prob = rng.dirichlet(np.ones(k), n)
+    pid = np.sort(rng.integers(0, 200, n))
+    df = pd.DataFrame(
+        {
+            "image_id": [f"{i:08d}_000.png" for i in range(n)],
+            "patient_id": [f"{q:08d}" for q in pid],
+            "label_idx": rng.integers(0, k, n),
+            **{f"prob_{c}": prob[:, j] for j, c in enumerate(p.data.classes)},
+            "age_group": np.asarray(age_group_labels(p.data.age_bins))[rng.integers(0, 2, 200)][pid],
+            "sex": np.where(rng.random(200) < 0.5, "F", "M")[pid],
+        }
+    )
+    a = ev.evaluate_frame(df, s).metrics
+    monkeypatch.setattr(ev, "chunk_for", lambda _n: 7)
+    b = ev.evaluate_frame(df, s).metrics
+    assert a.keys() == b.keys()
+    for key, v in a.items():
+        assert v == b[key] or (math.isnan(v) and math.isnan(b[key])), key

@@ -29,7 +29,13 @@ import pandas as pd
 from fairxray import DEMO_BANNER, paths
 from fairxray.errors import UserError
 from fairxray.metrics import fairness as fm
-from fairxray.metrics.inference import Design, distinct_runs, infer_cell, undefined_summary
+from fairxray.metrics.inference import (
+    Design,
+    chunk_for,
+    distinct_runs,
+    infer_cell,
+    undefined_summary,
+)
 from fairxray.metrics.plots import (
     plot_confusion,
     plot_group_f1,
@@ -243,6 +249,7 @@ def design(p: Prepared, s: Settings) -> Design:
         mde_power=s.mde_power,
         correction=s.correction,
         seed=s.seed,
+        chunk=chunk_for(len(p.patients)),
     )
 
 
