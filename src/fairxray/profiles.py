@@ -153,6 +153,22 @@ def path_sets(values: dict[str, str | None]) -> dict[str, str]:
     return out
 
 
+def _overlays(name: str, profiles_dir: Path, y, seen: tuple[str, ...] = ()) -> list[dict]:
+    """The overlays of profile ``name``, base first: a profile may start from another with a
+    top-level ``extends: <profile>`` (nih-multilabel extends paper)."""
+    path = profiles_dir / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+        raise UserError(f"{path}: no such profile (known: {', '.join(known)})")
+    if name in seen:
+        raise UserError(f"{path}: 'extends' loops ({' -> '.join((*seen, name))})")
+    overlay = _plain(y.load(path.read_text()) or {})
+    base = overlay.pop("extends", None)
+    if base is None:
+        return [overlay]
+    return [*_overlays(str(base), profiles_dir, y, (*seen, name)), overlay]
+
+
 def apply_profile(
     name: str,
     params_path: Path = Path("params.yaml"),
@@ -167,8 +183,8 @@ def apply_profile(
     raw = y.load(params_path.read_text())
     # Plain lists and mappings, as DVC merges -S values (they come out in block style); the
     # scalars keep the profile's spelling (1.0e-2 stays 1.0e-2).
-    overlay = _plain(y.load(overlay_path.read_text()) or {})
-    _merge(raw, overlay)
+    for overlay in _overlays(name, profiles_dir, y):
+        _merge(raw, overlay)
     for key, value in (sets or {}).items():
         set_key(raw, key, value)
     buf = io.StringIO()

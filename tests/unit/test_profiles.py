@@ -143,3 +143,37 @@ def test_demo_multilabel_profile_checks_and_demo_restores_it(work):
     assert yaml.safe_load((work / "check" / "params.json").read_text())["ok"] is True
     assert cli.main(["profile", "demo"]) == 0
     assert (work / "params.yaml").read_bytes() == shipped
+
+
+def test_nih_multilabel_extends_the_paper_profile(tmp_path):
+    """nih-multilabel = the paper profile (models, training) with the multi-label task on NIH's
+    official split; a profile that extends itself is refused."""
+    import shutil
+
+    from fairxray.config import load_params
+    from fairxray.errors import UserError
+    from fairxray.profiles import apply_profile
+
+    repo = Path(__file__).resolve().parents[2]
+    for name in ("params.yaml",):
+        shutil.copy(repo / name, tmp_path / name)
+    paths = {"data.images_dir": str(tmp_path), "data.weights_dir": str(tmp_path)}
+    work = tmp_path / "params.yaml"
+    apply_profile("paper", work, paths, profiles_dir=repo / "profiles")
+    paper = load_params(work)
+    shutil.copy(repo / "params.yaml", work)
+    apply_profile("nih-multilabel", work, paths, profiles_dir=repo / "profiles")
+    ml = load_params(work)
+    assert ml.profile == "paper" and ml.models == paper.models and ml.train == paper.train
+    assert ml.data.task == "multilabel" and ml.data.protocol == "nih-official"
+    assert ml.data.classes[-1] == "No Finding" and len(ml.data.classes) == 15
+    assert ml.tune.objective == "macro_auroc" and ml.mitigations == ()
+    from fairxray.check import check_names, check_sections
+
+    assert check_names(ml) + check_sections(ml) == []  # the task's settings agree
+    loop = tmp_path / "profiles"
+    loop.mkdir()
+    (loop / "a.yaml").write_text("extends: b\n")
+    (loop / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(UserError, match="'extends' loops"):
+        apply_profile("a", work, profiles_dir=loop)
