@@ -58,6 +58,20 @@ def test_paired_difference_equals_the_materialised_resample():
             assert t.loc[k, "ci_high"] == pytest.approx(np.quantile(d, 0.975))
         below, above = (1 + np.sum(d <= 0)) / 13, (1 + np.sum(d >= 0)) / 13
         assert t.loc[k, "p_value"] == pytest.approx(min(1.0, 2 * min(below, above)))
+    # the bootstrap-SE p (the mitigation section's rule) from the same replicates
+    from scipy.stats import norm
+
+    tn = paired_bootstrap(
+        ra.metrics, ra.replicates, rb.metrics, rb.replicates, keys=KEYS, p_rule="normal"
+    ).set_index("metric")
+    for k in KEYS:
+        d = ra.replicates[k] - rb.replicates[k]
+        z = abs(ra.metrics[k] - rb.metrics[k]) / np.std(d, ddof=1)
+        assert tn.loc[k, "p_value"] == pytest.approx(2 * norm.sf(z))
+    with pytest.raises(ValueError, match="p_rule"):
+        paired_bootstrap(
+            ra.metrics, ra.replicates, rb.metrics, rb.replicates, keys=KEYS, p_rule="x"
+        )
 
 
 def test_same_true_performance_rejects_at_about_alpha():
