@@ -15,21 +15,57 @@ import torch
 
 from fairxray.adapt.fit import FitData, SplitInputs, fit
 from fairxray.errors import UserError
+from fairxray.metrics.inference import adjust
+from fairxray.metrics.paired import paired_change
 from fairxray.mitigate import get_mitigation, list_mitigations, run_name, split_run
 from fairxray.mitigate import group_threshold as gt
 from fairxray.mitigate.adversarial import AdversarialHook, grad_reverse
 from fairxray.mitigate.group_balanced import cell_weights
 from fairxray.mitigate.group_dro import GroupDROHook
-from fairxray.mitigate.paired import (
-    accuracy,
-    accuracy_gap,
-    eq_odds_gap,
-    f1_gap,
-    holm,
-    paired_difference,
-)
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+# -- metric functions of (y, prob, groups), for the paired effects below ----------------------
+
+
+def accuracy(y, prob, groups) -> float:
+    return float((prob.argmax(axis=1) == y).mean())
+
+
+def accuracy_gap(y, prob, groups) -> float:
+    """max - min over groups of the group's accuracy."""
+    hit = prob.argmax(axis=1) == y
+    accs = [hit[groups == g].mean() for g in np.unique(groups)]
+    return float(max(accs) - min(accs)) if len(accs) > 1 else float("nan")
+
+
+def f1_gap(y, prob, groups) -> float:
+    """max - min over groups of the group's macro-F1 (all classes of ``prob``)."""
+    from sklearn.metrics import f1_score
+
+    pred = prob.argmax(axis=1)
+    labels = list(range(prob.shape[1]))
+    f1s = [
+        f1_score(y[groups == g], pred[groups == g], labels=labels, average="macro", zero_division=0)
+        for g in np.unique(groups)
+    ]
+    return float(max(f1s) - min(f1s)) if len(f1s) > 1 else float("nan")
+
+
+def eq_odds_gap(y, prob, groups) -> float:
+    """Binary: max over {TPR, FPR} of the between-group range (fairlearn's
+    ``equalized_odds_difference`` with ``agg="worst_case"``)."""
+    pred = prob.argmax(axis=1)
+    rates = []
+    for g in np.unique(groups):
+        m = groups == g
+        pos, neg = m & (y == 1), m & (y == 0)
+        if not pos.any() or not neg.any():
+            return float("nan")
+        rates.append((pred[pos].mean(), pred[neg].mean()))
+    r = np.asarray(rates)
+    return float(max(np.ptp(r[:, 0]), np.ptp(r[:, 1]))) if len(r) > 1 else float("nan")
 
 
 def test_registry_and_run_names():
@@ -164,7 +200,7 @@ def test_group_threshold_multiclass_offsets_undo_a_planted_group_bias():
 
     _, new_test, info = gt.postprocess(pv, yv, gv, pt, gt_, S)
     assert info["offsets"]["B"][1] > 0.5 and info["offsets"]["B"][2] > 0.5
-    diff, lo, hi, p = paired_difference(yt, pt, new_test, np.arange(len(yt)), gt_, f1_gap, 100, 0)
+    diff, lo, hi, p = paired_change(yt, pt, new_test, np.arange(len(yt)), gt_, f1_gap, 100, 0)
     assert hi < 0 and p < 0.05, (diff, lo, hi, p)
 
 
@@ -249,7 +285,7 @@ def baseline(planted, hp):
 
 def _effect(planted, base_probs, probs, fn):
     te = planted.test
-    return paired_difference(
+    return paired_change(
         te.labels, base_probs, probs, np.arange(len(te.labels)), te.groups, fn, 200, 0
     )
 
@@ -305,10 +341,24 @@ def test_paired_difference_null_and_holm():
     prob = np.c_[1 - p, p]
     patients = np.repeat(np.arange(n // 2), 2)
     # Identical sides: the difference is exactly 0 on every resample, p = 1.
-    assert paired_difference(y, prob, prob, patients, y, accuracy, 50, 0) == (0.0, 0.0, 0.0, 1.0)
-    np.testing.assert_allclose(
-        holm([0.01, 0.04, 0.03, np.nan]), [0.03, 0.06, 0.06, np.nan], equal_nan=True
-    )
+    assert paired_change(y, prob, prob, patients, y, accuracy, 50, 0) == (0.0, 0.0, 0.0, 1.0)
+    # A replicate is both sides scored on the evaluate draws (patient_weights), row by row.
+    from fairxray.metrics.bootstrap import patient_weights
+
+    other = np.c_[p, 1 - p]
+    W = patient_weights(patients, 30, 2).astype(int)
+    d = [
+        accuracy(y[rows], other[rows], None) - accuracy(y[rows], prob[rows], None)
+        for rows in (np.repeat(np.arange(n), w) for w in W)
+    ]
+    diff, lo, hi, pv = paired_change(y, prob, other, patients, y, accuracy, 30, 2)
+    assert diff == pytest.approx(accuracy(y, other, None) - accuracy(y, prob, None))
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(d, [0.025, 0.975])))
+    from scipy.stats import norm  # the p of the bootstrap standard error
+
+    assert pv == pytest.approx(2 * norm.sf(abs(diff) / np.std(d, ddof=1)))
+    holm = adjust({"a": 0.01, "b": 0.04, "c": 0.03, "d": np.nan}, "holm")
+    np.testing.assert_allclose(list(holm.values()), [0.03, 0.06, 0.06, np.nan], equal_nan=True)
 
 
 # -- the report's mitigation section ----------------------------------------------------------

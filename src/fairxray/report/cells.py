@@ -123,8 +123,10 @@ def pairs(p: Params, present: set[tuple[str, str]]) -> list[tuple[str, str, str,
 
 
 def paired_table(p: Params, cells: Cells, keys: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Table 5 (``paired_comparisons.csv``): the paired-bootstrap difference of every utility metric
-    and gap, adjusted over the whole table; notes for pairs that could not be paired."""
+    """Table 5 (``paired_comparisons.csv``): the paired-bootstrap difference of every key in ``keys``
+    (utility metrics and gaps), adjusted over the whole table (one family), with the test images
+    and patients both sides share; notes for pairs that could not be paired. Both tasks use it
+    (the multi-label report passes its own keys)."""
     cols = [
         "model",
         "method",
@@ -136,6 +138,8 @@ def paired_table(p: Params, cells: Cells, keys: Sequence[str]) -> tuple[pd.DataF
         "ci_high",
         "ci_method",
         "p_value",
+        "n_images",
+        "n_patients",
     ]
     rows, notes = [], []
     points = {(r["model"], r["method"]): r for _, r in cells.table.iterrows()}
@@ -149,7 +153,17 @@ def paired_table(p: Params, cells: Cells, keys: Sequence[str]) -> tuple[pd.DataF
         t = paired_bootstrap(
             points[(model, method)], ra, points[(rm, rx)], rb, keys=keys, level=p.metrics.ci_level
         )
-        rows.append(t.assign(model=model, method=method, ref_model=rm, ref_method=rx))
+        pt = points[(model, method)]
+        rows.append(
+            t.assign(
+                model=model,
+                method=method,
+                ref_model=rm,
+                ref_method=rx,
+                n_images=pt.get("n/images", np.nan),
+                n_patients=pt.get("n/patients", np.nan),
+            )
+        )
     if not rows:
         return pd.DataFrame(columns=[*cols, "p_adjusted", "significant"]), notes
     t = pd.concat(rows, ignore_index=True)[cols]

@@ -3,12 +3,17 @@ against the plain run (``none``) in accuracy and in each headline gap, paired on
 patients, and a Pareto figure of accuracy against gap.
 
 Pairing: the mitigated run and its ``none`` run predict the same test rows (same ``image_id``
-order, checked); one set of patient resamples (``metrics.n_boot``, seed ``metrics.seed``)
-scores both sides (:func:`paired_metrics`). Each row
-gives the difference (mitigated - none), its 95 % percentile interval, the p-value of "no
-difference" (the null reference: a difference of 0; bootstrap standard error) and that p-value Holm-corrected over the
-whole section (every row is one test of one family). Group sizes: the test rows per group of each
-attribute. Headline gaps: ``f1_gap/<attr>/standard`` and ``eq_odds/<attr>/worst_case_max`` of
+order, checked); one set of patient resamples (``metrics.n_boot``, seed ``metrics.seed``: the
+draws of ``evaluate``) scores both sides (:func:`paired_metrics`), and the difference, interval
+and p-value come from the shared engine, :func:`fairxray.metrics.paired.paired_bootstrap`, as in
+``paired_comparisons.csv``. Each row gives the difference (mitigated - none), its
+``metrics.ci_level`` percentile interval (bias-corrected or normal where the percentile one
+would exclude the difference, named in ``ci_method``), the p-value of "no difference" (the null
+reference: a difference of 0; two-sided, from the bootstrap standard error,
+:func:`fairxray.metrics.paired.normal_p`: a count of resampled differences beyond 0 is floored
+at ``2 / (B + 1)``, too coarse to survive a correction over this section's many rows) and that
+p-value Holm-corrected over the whole section (every row is one test of one family). Group sizes: the test rows per group of each attribute. Headline gaps:
+``f1_gap/<attr>/standard`` and ``eq_odds/<attr>/worst_case_max`` of
 :mod:`fairxray.metrics.fairness`, as ``evaluate`` computes them; a negative difference is a
 smaller gap.
 """
@@ -28,9 +33,10 @@ from fairxray.errors import UserError
 from fairxray.metrics.bootstrap import patient_weights, replicate_metrics
 from fairxray.metrics.evaluate import point_metrics, prepare
 from fairxray.metrics.evaluate import settings as eval_settings
+from fairxray.metrics.inference import adjust
+from fairxray.metrics.paired import paired_bootstrap
 from fairxray.metrics.predictions import read_predictions
 from fairxray.mitigate import run_name
-from fairxray.mitigate.paired import LEVEL, bootstrap_p, holm
 
 
 @dataclass
@@ -48,12 +54,14 @@ def headline_keys(p: Params) -> list[str]:
 
 
 def paired_metrics(a: pd.DataFrame, b: pd.DataFrame, s, keys: list[str]) -> dict:
-    """key -> (value none, value mitigated, diff, ci_low, ci_high, p) for two predictions tables
-    of the same test rows: the point values of ``evaluate`` and, for the interval, the same
-    patient-weight matrix ``W`` (``metrics.n_boot`` x rows, seed ``metrics.seed``) applied to both
-    sides (the vectorised bootstrap of :mod:`fairxray.metrics.bootstrap`). This is
-    :func:`fairxray.mitigate.paired.paired_difference` for the evaluate metrics, all at once."""
+    """key -> (value none, value mitigated, diff, ci_low, ci_high, ci_method, p) for two
+    predictions tables of the same test rows: the point values of ``evaluate`` and the replicates
+    of both sides on one patient-weight matrix ``W`` (``metrics.n_boot`` x rows, seed
+    ``metrics.seed``; the vectorised bootstrap of :mod:`fairxray.metrics.bootstrap`), compared by
+    :func:`fairxray.metrics.paired.paired_bootstrap` (mitigated - none; p from the bootstrap
+    standard error, ``p_rule="normal"``)."""
     pa, pb = prepare(a, s, "none"), prepare(b, s, "mitigated")
+    ra = rb = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         va, _ = point_metrics(pa, s)
@@ -69,17 +77,16 @@ def paired_metrics(a: pd.DataFrame, b: pd.DataFrame, s, keys: list[str]) -> dict
             }
             ra, _ = replicate_metrics(W, y=pa.y, prob=pa.prob, **kw)
             rb, _ = replicate_metrics(W, y=pb.y, prob=pb.prob, **kw)
+    t = paired_bootstrap(vb, rb, va, ra, keys=keys, level=s.ci_level, p_rule="normal")
+    t = t.set_index("metric")
     out = {}
     for k in keys:
-        diff = float(vb[k] - va[k])
-        lo = hi = pv = float("nan")
-        if s.n_boot > 0:
-            d = rb[k] - ra[k]
-            d = d[np.isfinite(d)]
-            if len(d) >= 2:
-                lo, hi = (float(v) for v in np.quantile(d, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]))
-                pv = bootstrap_p(diff, d)
-        out[k] = (float(va[k]), float(vb[k]), diff, lo, hi, pv)
+        r = t.loc[k] if k in t.index else None
+        if r is None:  # no replicates (n_boot 0): the difference alone
+            res = (float(vb[k] - va[k]), np.nan, np.nan, "none", np.nan)
+        else:
+            res = (r["diff"], r["ci_low"], r["ci_high"], r["ci_method"], r["p_value"])
+        out[k] = (float(va[k]), float(vb[k]), *res)
     return out
 
 
@@ -131,7 +138,7 @@ def collect_effects(p: Params, root: str | Path = ".") -> MitigationSection | No
                         {**cell, "mitigation": mitigation, **{k: v[1] for k, v in res.items()}}
                     )
                     sizes = _group_sizes(a, p.metrics.sensitive)
-                    for k, (va, vb, diff, lo, hi, pv) in res.items():
+                    for k, (va, vb, diff, lo, hi, how, pv) in res.items():
                         rows.append(
                             {
                                 **cell,
@@ -142,6 +149,7 @@ def collect_effects(p: Params, root: str | Path = ".") -> MitigationSection | No
                                 "diff": diff,
                                 "ci_low": lo,
                                 "ci_high": hi,
+                                "ci_method": how,
                                 "p": pv,
                                 "n_images": len(a),
                                 "n_patients": int(a["patient_id"].nunique()),
@@ -150,11 +158,12 @@ def collect_effects(p: Params, root: str | Path = ".") -> MitigationSection | No
                         )
     effects = pd.DataFrame(rows)
     if len(effects):
-        effects["p_holm"] = holm(effects["p"].to_numpy())
+        adj = adjust({str(i): float(v) for i, v in enumerate(effects["p"])}, "holm")
+        effects["p_holm"] = [adj[str(i)] for i in range(len(effects))]
     return MitigationSection(effects, pd.DataFrame(points), missing)
 
 
-def display_effects(effects: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+def display_effects(effects: pd.DataFrame, digits: int = 3, level: float = 0.95) -> pd.DataFrame:
     """One line per comparison: values, the difference [interval], p and Holm-corrected p."""
     if not len(effects):
         return pd.DataFrame()
@@ -171,7 +180,7 @@ def display_effects(effects: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             "metric": effects["metric"],
             "none": effects["none"].map(f),
             "mitigated": effects["mitigated"].map(f),
-            "change [95% CI]": [
+            f"change [{level * 100:g}% CI]": [
                 f"{f(d)} [{f(lo)}, {f(hi)}]"
                 for d, lo, hi in zip(
                     effects["diff"], effects["ci_low"], effects["ci_high"], strict=True
@@ -245,12 +254,15 @@ def write_section(tmp: Path, p: Params, root: str | Path, demo: bool) -> tuple[s
 
     labelled(sec.effects, demo).to_csv(tmp / "mitigation_effects.csv", index=False)
     labelled(sec.points, demo).to_csv(tmp / "mitigation_points.csv", index=False)
-    table = display_effects(sec.effects)
+    table = display_effects(sec.effects, level=p.metrics.ci_level)
+    level = p.metrics.ci_level
     intro = (
         "Each mitigation against the plain run (none) of the same model, method and seed, paired "
-        f"on the same test patients (patient bootstrap, {p.metrics.n_boot} resamples): change = "
-        "mitigated - none (negative gap change = fairer), 95 % interval, p-value of no change "
-        "(bootstrap standard error), Holm-corrected over every row of this table. Mitigations act on "
+        f"on the same test patients (patient bootstrap, {p.metrics.n_boot} resamples, the same "
+        "as paired_comparisons.csv): change = mitigated - none (negative gap change = fairer), "
+        f"{level * 100:g} % interval (percentile; bias-corrected or normal where it would exclude "
+        "the change, ci_method in mitigation_effects.csv), p-value of no change (bootstrap "
+        "standard error), Holm-corrected over every row of this table. Mitigations act on "
         f"'{p.mitigate.attribute}'; selection, thresholds and tuning used validation data only."
     )
     if sec.missing:

@@ -9,6 +9,13 @@ underdiagnosis rate per subgroup, and ``summary.json`` with the multi-label head
 - Underdiagnosis table (``underdiagnosis.csv``): per model x method x attribute (and the age x sex
   intersection) x group, the rate with its interval, the images with a finding (its denominator)
   and patients; one ``gap`` row per attribute with the max - min gap, interval and adjusted p.
+- Paired comparisons (``paired_comparisons.csv``, the multi-class columns): each method against
+  ``metrics.reference_method`` (same model) and each model against ``metrics.reference_model``
+  (same method), on the same test patients: the difference in macro AUROC, in the underdiagnosis
+  rate and in each underdiagnosis gap (:func:`paired_keys`), by
+  :func:`fairxray.report.cells.paired_table` from the cells' ``replicates.npz`` (both sides
+  scored on one set of patient resamples; each run at its own validation thresholds; seeds
+  combined as for the intervals), corrected over the whole table.
 The multi-class report (:mod:`fairxray.report.build`) is not used for these cells.
 """
 
@@ -40,7 +47,7 @@ from fairxray.report.build import (
     collect,
     figure_group_bars,
 )
-from fairxray.report.cells import read_cells
+from fairxray.report.cells import paired_table, read_cells
 
 GAPS = ("auroc_gap", "tpr_gap", "fpr_gap", "fnr_gap")
 FIGURE = "underdiagnosis.png"
@@ -166,6 +173,36 @@ def underdiagnosis_display(t: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def paired_keys(p: Params) -> list[str]:
+    """The multi-label paired comparisons: macro AUROC, the underdiagnosis rate, its gaps."""
+    return ["auroc_macro", "underdiagnosis", *[f"underdiagnosis_gap/{a}" for a in _attrs(p)]]
+
+
+def paired_display(t: pd.DataFrame) -> pd.DataFrame:
+    """One line per comparison: difference [interval], p, adjusted p (*), images and patients."""
+    cols = ["model", "method", "vs", "metric", "difference [interval]", "p", "p_adj", "n"]
+    if not len(t):
+        return pd.DataFrame(columns=cols)
+    return pd.DataFrame(
+        {
+            "model": t["model"], "method": t["method"],
+            "vs": [f"{a}/{b}" for a, b in zip(t["ref_model"], t["ref_method"], strict=True)],
+            "metric": t["metric"],
+            "difference [interval]": [
+                f"{_fmt(r.diff)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+                + (" *" if r.significant == 1.0 else "")
+                for r in t.itertuples()
+            ],
+            "p": [_fmt(float(v), 4) for v in t["p_value"]],
+            "p_adj": [_fmt(float(v), 4) for v in t["p_adjusted"]],
+            "n": [
+                f"{int(a)} images, {int(b)} patients" if math.isfinite(a * b) else "n/a"
+                for a, b in zip(t["n_images"], t["n_patients"], strict=True)
+            ],
+        }
+    )  # fmt: skip
+
+
 def summary_display(agg: pd.DataFrame) -> pd.DataFrame:
     out = agg[["model", "method", "n_seeds", "ci"]].rename(columns={"n_seeds": "seeds"}).copy()
     for k in HEADLINE_ML:
@@ -192,6 +229,13 @@ def _read_lines(p: Params) -> list[str]:
         "underdiagnosis gaps, the summary gaps. FNR gaps equal TPR gaps (same p).",
         "Resampled AUROCs use score bins per label (at most 1e-3 off the exact AUROC); estimates "
         "are exact. n/a = undefined (a group below metrics.min_group_size, or no positive).",
+        f"Paired comparisons: each method against {m.reference_method} (same model) and each "
+        f"model against {m.reference_model or p.models[0]} (same method), on the same test "
+        "patients: both sides are scored on the same patient resamples, so the variation they "
+        "share cancels; difference = row - reference, percentile interval (bc/normal where it "
+        "would exclude the difference), two-sided bootstrap p of no difference, "
+        f"{'Holm' if m.correction == 'holm' else 'Benjamini-Hochberg'}-adjusted over the whole "
+        "table; * = significant at alpha. No mitigation section under multilabel.",
     ]
 
 
@@ -213,6 +257,7 @@ def build_multilabel_report(
     agg = cell_rows(cells.table)
     labels = label_table(agg, p)
     under = underdiagnosis_table(agg, cells.by_group, p)
+    paired, pair_notes = paired_table(p, cells, paired_keys(p))
     tables = {
         "Summary over labels (the headline figures)": summary_display(agg),
         "Per-label table: AUROC and the TPR/FPR/FNR gaps at the validation thresholds": (
@@ -221,9 +266,11 @@ def build_multilabel_report(
         "Underdiagnosis: No Finding false-positive rate per group and intersection": (
             underdiagnosis_display(under)
         ),
+        "Paired comparisons (same test patients; paired_comparisons.csv)": paired_display(paired),
     }
     notes = _notes(p, c, profile, demo)
     notes.append("Task: multilabel (data.classes are independent labels).")
+    notes += pair_notes
     if cells.missing:
         notes.append(f"Missing cells ({len(cells.missing)}): " + ", ".join(cells.missing))
     read = _read_lines(p)
@@ -233,6 +280,7 @@ def build_multilabel_report(
     labelled(labels, demo).to_csv(tmp / "multilabel_labels.csv", index=False)
     labelled(under, demo).to_csv(tmp / "underdiagnosis.csv", index=False)
     labelled(cells.by_group, demo).to_csv(tmp / "groups.csv", index=False)
+    labelled(paired, demo).to_csv(tmp / "paired_comparisons.csv", index=False)
     headline.write_summary(tmp / "summary.json", agg, demo, keys=HEADLINE_ML)
     fig = _png(figure_group_bars(cells.by_group, "underdiagnosis", demo))
     (tmp / "figures" / FIGURE).write_bytes(fig)
@@ -244,9 +292,10 @@ def build_multilabel_report(
         for r in under[(under["group"] == "gap") & (under["significant"] == 1.0)].itertuples()
     ]
     return {"rows": len(agg), "runs": len(c.runs), "missing": c.missing, "out": str(out),
-            "profile": profile, "significant": sig, "paired": 0,
+            "profile": profile, "significant": sig, "paired": len(paired),
             "files": "report.md, report.html, multilabel_labels.csv, underdiagnosis.csv, "
-            "groups.csv, summary.json, figures/underdiagnosis.png"}  # fmt: skip
+            "groups.csv, summary.json, figures/underdiagnosis.png, "
+            f"paired_comparisons.csv: {len(paired)} row(s)"}  # fmt: skip
 
 
 def _write(tmp: Path, tables: dict, notes, read, demo: bool, fig: bytes) -> None:
@@ -267,7 +316,7 @@ def _write(tmp: Path, tables: dict, notes, read, demo: bool, fig: bytes) -> None
 
         return "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in items) + "</ul>"
 
-    ids = ("multilabel-summary", "multilabel-labels", "underdiagnosis")
+    ids = ("multilabel-summary", "multilabel-labels", "underdiagnosis", "paired")
     sections = [("About", bullets(notes)), ("How to read this", bullets(read))]
     sections += [(t, _html_table(df, i)) for (t, df), i in zip(tables.items(), ids, strict=True)]
     src = base64.b64encode(fig).decode()
