@@ -463,6 +463,36 @@ def test_lora_targets_match_and_get_gradients_on_new_families(tmp_path):
         assert not zero, f"{name}: no gradient reached {zero[:2]}"
 
 
+@pytest.mark.parametrize("name", ["clip-rn50", "clip-rn50x4"])
+def test_random_clip_resnet_lora_gets_gradient_on_every_conv(name):
+    """The full-size defect, at a small config of the same builder: open_clip zero-initialises
+    each bottleneck's bn3 scale, so with the trunk frozen no gradient reached the branch convs.
+    The random build resets those scales; every adapter's B gets a non-zero gradient on step 1
+    and A a non-zero one once B has moved (no perturbation here, unlike _small_models)."""
+    from fairxray.adapt.lora import add_lora
+    from fairxray.models.openclip import build_openai_clip
+
+    m = build_openai_clip(get_spec(name), RN_SMALL, None)
+    bn3 = [p for n, p in m.vision.named_parameters() if n.startswith("layer") and "bn3" in n]
+    assert bn3 and all(bool((p != 0).all()) for p in bn3[::2])  # the weights (not the biases)
+    m.freeze_text()
+    vision = add_lora(m.vision, m.spec.lora_targets, rank=2, alpha=2.0, dropout=0.0)
+    n_convs = sum(1 for n, _ in vision.named_modules() if n.endswith(("conv1", "conv2", "conv3")))
+    params = dict(vision.named_parameters())
+    b = {n: p for n, p in params.items() if ".lora_B." in n}
+    assert len(b) == n_convs - 3  # every bottleneck conv; the three stem convs are not targets
+    vision.train()
+    opt = torch.optim.SGD([p for p in params.values() if p.requires_grad], lr=0.5)
+    for step in range(2):
+        opt.zero_grad()
+        vision(_images(64)).pow(2).sum().backward()
+        grads = {n: p.grad for n, p in params.items() if p.requires_grad}
+        kinds = (".lora_B.",) if step == 0 else (".lora_A.", ".lora_B.")
+        dead = [n for n, g in grads.items() if any(k in n for k in kinds) and not g.abs().sum()]
+        assert not dead, f"{name} step {step}: zero gradient at {dead[:3]}"
+        opt.step()
+
+
 def test_zero_shot_runs_on_every_new_text_family(tmp_path):
     for name, (m, size) in _small_models(tmp_path).items():
         if not m.spec.text_tower:

@@ -100,7 +100,9 @@ def build_openai_clip(spec: ModelSpec, model_cfg: dict, folder: Path | None) -> 
     import open_clip
 
     clip = open_clip.CLIP(**model_cfg)
-    if folder is not None:
+    if folder is None:
+        live_residual_branches(clip.visual)
+    else:
         path = weight_path(folder, spec.weight_files[0])
         strict_load(
             clip,
@@ -110,6 +112,25 @@ def build_openai_clip(spec: ModelSpec, model_cfg: dict, folder: Path | None) -> 
             drop=_drop_openai,
         )
     return OpenClipModel(spec, clip, _clip_tokenizer(spec.text_context)).eval()
+
+
+def live_residual_branches(visual: nn.Module) -> int:
+    """Give a randomly initialised ModifiedResNet's residual branches a non-zero output.
+
+    open_clip's ``ModifiedResNet.init_parameters`` zeroes the scale of every bottleneck's last
+    BatchNorm (``bn3.weight``), the "zero-init residual" trick for training from scratch: each
+    block then starts as the identity and nothing flows back into its ``conv1``-``conv3``. With
+    the trunk frozen (LoRA), those scales stay zero forever, so every LoRA adapter on the
+    bottleneck convs gets an exactly zero gradient. Trained OpenAI weights have non-zero scales;
+    the random build stands in for them, so the scales are reset to BatchNorm's default 1.
+    Returns how many were reset (0 for a ViT tower)."""
+    n = 0
+    with torch.no_grad():
+        for name, bn in visual.named_modules():
+            if name.startswith("layer") and name.endswith("bn3") and isinstance(bn, nn.BatchNorm2d):
+                bn.weight.fill_(1.0)
+                n += 1
+    return n
 
 
 def _config(name: str) -> dict:
@@ -126,7 +147,9 @@ ARCHS: dict[str, str] = {}  # registry name -> open_clip config it is built from
 
 # LoRA on the modified ResNets: the bottleneck convolutions of layers 1-4 (the paper's code
 # adapts ResNet convs, rank 4). Not the attention pool: it passes its q/k/v/c weights to
-# F.multi_head_attention_forward directly, so LoRA wrappers there would get no gradient.
+# F.multi_head_attention_forward directly, so LoRA wrappers there would get no gradient. The
+# random build resets the zero-initialised bn3 scales (:func:`live_residual_branches`), else no
+# gradient reaches these convs either.
 RESNET_LORA = r"layer[1-4]\.\d+\.conv[123]"
 
 
