@@ -167,7 +167,7 @@ def tiny_openai_clip(model_cfg: dict, feature_dim: int | None) -> TinySpec:
 RESNET_LORA = r"layer[1-4]\.\d+\.conv[123]"
 # fairxray's extension (the paper ran no CLIP ResNet): the paper's ResNet rule, rank 4 with
 # scale 1 on the layer1-4 bottleneck convs; 294,144 adapter parameters on RN50 (the same conv
-# shapes as a torchvision ResNet-50), 574,080 on RN50x4.
+# shapes as a torchvision ResNet-50), 655,680 on RN50x4 (width 80, 4-6-10-6 blocks).
 RESNET_LORA_SPEC = LoraSpec(
     targets=RESNET_LORA,
     rank=4,

@@ -36,10 +36,11 @@ from fairxray.models.registry import LoraSpec, ModelSpec, TinySpec, register
 HF_FILES = ("config.json", "model.safetensors")
 
 
-def qkv_lora(prefix: str, family: str) -> LoraSpec:
-    """The paper's ViT rule on a transformers tower with separate q/k/v projections."""
+def qkv_lora(attention: str, family: str) -> LoraSpec:
+    """The paper's ViT rule on a transformers tower with separate q/k/v projections;
+    ``attention`` is the regex of each layer's attention module."""
     return LoraSpec(
-        targets=rf"{prefix}\.\d+\.(q_proj|k_proj|v_proj)",
+        targets=rf"{attention}\.(q_proj|k_proj|v_proj)",
         rank=16,
         scale=1.0,
         source=f"fairxray extension, not the paper's: its ViT rule (rank 16, scale 1 on the "
