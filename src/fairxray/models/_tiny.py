@@ -14,7 +14,7 @@ from torch import nn
 # Transformer towers: 2 layers, 2 heads, width 32 (MLP 64).
 TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 VIT_SIZE = 32  # px fed to the tiny transformer image towers
-RESNET_SIZE = 64  # px fed to the tiny ResNets (5 stride-2 stages: a 2 x 2 final map)
+RESNET_SIZE = 32  # px fed to the tiny ResNets (5 stride-2 stages: a 1 x 1 final map)
 
 
 def bert_config(cls=None, **kw):
