@@ -240,6 +240,9 @@ class Params:
     tune: TuneParams
     export: ExportParams
     mitigate: MitigateParams
+    # "full": the published architectures; "tiny": every family's tiny random build (same
+    # upstream classes, few narrow layers, 32-64 px) so the demo runs any model on a CPU.
+    model_scale: str = "full"
     # The params file these were read from (not a YAML key): errors name it.
     source: str = dataclasses.field(default="params.yaml", compare=False, metadata={"yaml": False})
 
@@ -338,6 +341,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 TASKS = ("multiclass", "multilabel")
+MODEL_SCALES = ("full", "tiny")  # = fairxray.models.spec.MODEL_SCALES
 THRESHOLD_RULES = ("max_f1", "sensitivity")
 
 
@@ -361,6 +365,15 @@ def _validate(p: Params, src: str) -> None:
         raise ConfigError(f"{src}: 'data.n_val' + 'data.n_test' must be below 'data.per_cell'")
     if p.images.on_error not in ("fail", "skip"):
         raise ConfigError(f"{src}: 'images.on_error' must be 'fail' or 'skip'")
+    if p.model_scale not in MODEL_SCALES:
+        raise ConfigError(
+            f"{src}: 'model_scale' must be one of {MODEL_SCALES}, got {p.model_scale!r}"
+        )
+    if p.model_scale == "tiny" and (p.profile == "paper" or d.weights_dir is not None):
+        raise ConfigError(
+            f"{src}: 'model_scale' tiny builds small random models for the demo only; it cannot "
+            "be used with the paper profile or with 'data.weights_dir' set (use model_scale: full)"
+        )
     if p.profile == "paper" and (d.images_dir is None or d.weights_dir is None):
         raise ConfigError(
             f"{src}: the paper profile needs 'data.images_dir' and 'data.weights_dir' set"

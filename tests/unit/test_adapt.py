@@ -221,16 +221,7 @@ def test_full_ft_backbone_learning_rate():
 # minutes on 2 CPU cores; their loaders and LoRA targets are checked on small configs of the
 # upstream classes in test_models_breadth.py.
 FULL_SIZE_TOO_SLOW = {"medsiglip", "rad-dino", "biovil"}
-# A known defect, kept visible: at full size LoRA on the CLIP ResNets' bottleneck convs gets no
-# gradient (the small-config test in test_models_breadth.py passes). Strict: a fix turns it red.
-RN_LORA_DEFECT = pytest.mark.xfail(
-    strict=True, reason="CLIP RN50/RN50x4: LoRA adapters get zero gradient at full size (open)"
-)
-ADAPT_MODELS = [
-    pytest.param(n, marks=RN_LORA_DEFECT) if n.startswith("clip-rn") else n
-    for n in list_models()
-    if n not in FULL_SIZE_TOO_SLOW
-]
+ADAPT_MODELS = [n for n in list_models() if n not in FULL_SIZE_TOO_SLOW]
 
 
 @pytest.mark.slow

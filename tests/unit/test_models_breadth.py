@@ -463,6 +463,36 @@ def test_lora_targets_match_and_get_gradients_on_new_families(tmp_path):
         assert not zero, f"{name}: no gradient reached {zero[:2]}"
 
 
+@pytest.mark.parametrize("name", ["clip-rn50", "clip-rn50x4"])
+def test_random_clip_resnet_lora_gets_gradient_on_every_conv(name):
+    """The full-size defect, at a small config of the same builder: open_clip zero-initialises
+    each bottleneck's bn3 scale, so with the trunk frozen no gradient reached the branch convs.
+    The random build resets those scales; every adapter's B gets a non-zero gradient on step 1
+    and A a non-zero one once B has moved (no perturbation here, unlike _small_models)."""
+    from fairxray.adapt.lora import add_lora
+    from fairxray.models.openclip import build_openai_clip
+
+    m = build_openai_clip(get_spec(name), RN_SMALL, None)
+    bn3 = [p for n, p in m.vision.named_parameters() if n.startswith("layer") and "bn3" in n]
+    assert bn3 and all(bool((p != 0).all()) for p in bn3[::2])  # the weights (not the biases)
+    m.freeze_text()
+    vision = add_lora(m.vision, m.spec.lora_targets, rank=2, alpha=2.0, dropout=0.0)
+    n_convs = sum(1 for n, _ in vision.named_modules() if n.endswith(("conv1", "conv2", "conv3")))
+    params = dict(vision.named_parameters())
+    b = {n: p for n, p in params.items() if ".lora_B." in n}
+    assert len(b) == n_convs - 3  # every bottleneck conv; the three stem convs are not targets
+    vision.train()
+    opt = torch.optim.SGD([p for p in params.values() if p.requires_grad], lr=0.5)
+    for step in range(2):
+        opt.zero_grad()
+        vision(_images(64)).pow(2).sum().backward()
+        grads = {n: p.grad for n, p in params.items() if p.requires_grad}
+        kinds = (".lora_B.",) if step == 0 else (".lora_A.", ".lora_B.")
+        dead = [n for n, g in grads.items() if any(k in n for k in kinds) and not g.abs().sum()]
+        assert not dead, f"{name} step {step}: zero gradient at {dead[:3]}"
+        opt.step()
+
+
 def test_zero_shot_runs_on_every_new_text_family(tmp_path):
     for name, (m, size) in _small_models(tmp_path).items():
         if not m.spec.text_tower:
@@ -487,3 +517,84 @@ def test_full_size_random_builds_have_the_documented_dims(name):
         dataclasses.asdict(m.spec.image)["size"]
         == m.preprocess(torch.zeros(1, 8, 8, dtype=torch.uint8)).shape[-1]
     )
+
+
+# -- LoRA at `lora_config: model` on the new families (this package's extension of the paper's
+# rules: ViT rank 16 on the attention in-projection(s), ResNet rank 4 on layer1-4 convs, scale 1)
+
+
+def _bottleneck_lora(stem: int, width: int, blocks, rank: int, inner: float = 1.0) -> int:
+    """Closed form: peft conv LoRA, A = Conv2d(in, r, k) and B = Conv2d(r, out, 1), on conv1-3
+    of every bottleneck (inner width ``inner * planes``, output 4 x planes, planes doubling from
+    ``width``); the stem and downsample convs are not targets."""
+    total, inp = 0, stem
+    for i, n in enumerate(blocks):
+        planes = width * 2**i
+        w = int(planes * inner)
+        for _ in range(n):
+            total += rank * (inp + w) + rank * (9 * w + w) + rank * (w + 4 * planes)
+            inp = 4 * planes
+    return total
+
+
+def _fused_in_proj_lora(layers: int, width: int, rank: int) -> int:
+    return layers * rank * (width + 3 * width)  # A [r, w] + B [3w, r]
+
+
+def _qkv_lora(layers: int, width: int, rank: int) -> int:
+    return layers * 3 * rank * (width + width)  # q, k, v: A [r, w] + B [w, r] each
+
+
+# name -> (rank, closed form at the tiny build, closed form at full size)
+NEW_LORA = {
+    "chexzero": (16, _fused_in_proj_lora(2, 64, 16), _fused_in_proj_lora(12, 768, 16)),
+    "pubmedclip": (16, _qkv_lora(2, 32, 16), _qkv_lora(12, 768, 16)),
+    "medsiglip": (16, _qkv_lora(2, 32, 16), _qkv_lora(27, 1152, 16)),
+    "rad-dino": (16, _qkv_lora(2, 32, 16), _qkv_lora(12, 768, 16)),
+    "biovil": (4, _bottleneck_lora(64, 64, [1] * 4, 4, 0.25), _bottleneck_lora(64, 64, [3, 4, 6, 3], 4)),
+    "clip-rn50": (4, _bottleneck_lora(8, 8, [1] * 4, 4), _bottleneck_lora(64, 64, [3, 4, 6, 3], 4)),
+    "clip-rn50x4": (4, _bottleneck_lora(8, 8, [1] * 4, 4), _bottleneck_lora(80, 80, [4, 6, 10, 6], 4)),
+}  # fmt: skip
+
+
+def test_new_family_lora_closed_forms_match_the_documented_full_sizes():
+    full = {n: v[2] for n, v in NEW_LORA.items()}
+    assert full["chexzero"] == 589_824  # = CLIP ViT-B's released setting
+    assert full["pubmedclip"] == full["rad-dino"] == 884_736
+    assert full["medsiglip"] == 2_985_984
+    assert full["biovil"] == full["clip-rn50"] == 294_144  # = the released ResNet-50 count
+    assert full["clip-rn50x4"] == 655_680
+
+
+@pytest.mark.parametrize("name", sorted(NEW_LORA))
+def test_new_family_paper_style_lora_counts_scale_and_training(name):
+    """`lora_config: model` on every new family (tiny build, same module names as full size):
+    the adapter size is the closed form for its targets and rank, each adapter's scale is 1.0
+    (peft alpha = rank), out-projections are untouched, and two steps move every A and B."""
+    from _trainkit import train_params
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from fairxray import adapt
+    from fairxray.adapt.lora import ADAPTER, lora_parameters, snapshot_lora, unchanged_lora
+
+    rank, expected, _ = NEW_LORA[name]
+    m = create(name, None, "tiny")
+    assert m.spec.lora is not None and m.spec.lora.rank == rank
+    assert "not the paper's" in m.spec.lora.source
+    hp = train_params(lora_config="model", lora_dropout=0.0, weight_decay=0.0, lr=1e-2)
+    module = adapt.build("lora", n_classes=3, hp=hp, model=m)
+    params = lora_parameters(module)
+    assert sum(p.numel() for p in params.values()) == expected
+    assert not any(k in n for n in params for k in ("out_proj", "o_proj", "downsample", "attnpool"))
+    layers = [x for x in module.modules() if isinstance(x, BaseTunerLayer)]
+    assert layers and all(x.scaling[ADAPTER] == 1.0 for x in layers)
+    size = m.spec.image.size
+    x = _images(size, n=4)
+    start = snapshot_lora(module)
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    module.train()
+    for _ in range(2):  # lora_B starts at 0, so lora_A first gets a gradient on step 2
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(module(x), torch.tensor([0, 1, 2, 0])).backward()
+        opt.step()
+    assert unchanged_lora(module, start) == []

@@ -193,7 +193,7 @@ def embed(
     dev = resolve_device(device or p.train.device)
     if p.train.num_threads > 0:
         torch.set_num_threads(p.train.num_threads)
-    model = create(model_name, p.data.weights_dir)
+    model = create(model_name, p.data.weights_dir, p.model_scale)
     t0 = time.perf_counter()
     feats = encode_cache(model, cache, union, p.train.embed_batch_size, dev, normalize=False)
     seconds = time.perf_counter() - t0
@@ -217,6 +217,7 @@ def embed(
         "unique_per_split": {s: len(ids) for s, ids in ids_by_split.items()},
         "image_source": cache.manifest.get("source"),
         "random_weights": p.data.weights_dir is None,
+        "model_scale": p.model_scale,  # "tiny": a small random build, never a full model
         "device": str(dev),
         "seconds": round(seconds, 3),
         "frozen_augment_views": k,

@@ -142,7 +142,7 @@ def load_trained(
     if cfg["inputs"] == "images":
         from fairxray.models import create
 
-        model = create(cfg["model"], weights_dir)
+        model = create(cfg["model"], weights_dir, cfg.get("model_scale", "full"))
     module = adapt.build(
         cfg["method"], n_classes=len(cfg["classes"]), hp=hp, model=model, in_dim=cfg["in_dim"]
     )
@@ -238,6 +238,7 @@ def _job(p: Params, model_name: str, method: str, seeds, device: str | None, log
         "classes": classes,
         "weights_dir": p.data.weights_dir,
         "random_weights": p.data.weights_dir is None,
+        "model_scale": p.model_scale,
         "hyperparameters_from": hp_source,
         "train": dataclasses.asdict(hp),
     }
@@ -256,7 +257,7 @@ def _zero_shot_seed(job: _Job, seed: int, log) -> dict:
     from fairxray.models import create
 
     t0 = time.perf_counter()
-    model = create(job.model_name, job.p.data.weights_dir)
+    model = create(job.model_name, job.p.data.weights_dir, job.p.model_scale)
     dev = resolve_device(job.hp.device)
     probs = {}
     task = job.p.data.task
@@ -341,7 +342,11 @@ def _trained_seed(job: _Job, seed: int, log) -> dict:
 
     t0 = time.perf_counter()
     name, method, data = job.model_name, job.method, job.data
-    model = create(name, job.p.data.weights_dir) if job.meth.inputs == "images" else None
+    model = (
+        create(name, job.p.data.weights_dir, job.p.model_scale)
+        if job.meth.inputs == "images"
+        else None
+    )
     ckpt = paths.checkpoints(name, method, seed)
     result = fit(method, data, job.hp, seed=seed, model=model, checkpoint_dir=ckpt, log=log)
     if not distributed.is_main():  # rank 0 writes the outputs

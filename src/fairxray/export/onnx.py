@@ -135,10 +135,10 @@ def build_probs_model(
 
     sdir = paths.seed_dir(model, method, seed)
     cfg = _seed_config(model, method, seed)
-    weights = cfg.get("weights_dir")
-    info: dict = {"lora_layers_merged": 0}
+    weights, scale = cfg.get("weights_dir"), cfg.get("model_scale", "full")
+    info: dict = {"lora_layers_merged": 0, "model_scale": scale}
     if cfg.get("inputs") == "none":
-        clip = create(model, weights).eval()
+        clip = create(model, weights, scale).eval()
         if multilabel:
             keys = zero_shot.pair_keys(classes)
             prompts = zero_shot.label_prompts(clip.spec, classes)
@@ -149,7 +149,7 @@ def build_probs_model(
         info.update(preprocess=clip.preprocess, image=clip.spec.image)
     elif cfg.get("inputs") == "embeddings":
         head, _ = load_trained(sdir, weights)
-        clip = create(model, weights).eval()
+        clip = create(model, weights, scale).eval()
         if cfg.get("in_dim") != clip.spec.embed_dim:
             raise UserError(
                 f"{sdir}: the head was trained on {cfg.get('in_dim')}-d embeddings but {model} "
@@ -159,16 +159,16 @@ def build_probs_model(
         info.update(preprocess=clip.preprocess, image=clip.spec.image)
     else:
         trained, _ = load_trained(sdir, weights)
-        info.update(preprocess=trained.preprocess, image=_image_spec(model))
+        info.update(preprocess=trained.preprocess, image=_image_spec(model, scale))
         out = ProbsModel(trained.vision, trained.head, multilabel)
         info["merge"] = True
     return out.eval().float(), info
 
 
-def _image_spec(model: str):
+def _image_spec(model: str, scale: str = "full"):
     from fairxray.models.registry import get_spec
 
-    return get_spec(model).image
+    return get_spec(model, scale).image
 
 
 def parity_pixels(p: Params, n: int) -> tuple[list[str], np.ndarray]:
@@ -359,6 +359,7 @@ def export(p: Params, model: str, method: str, log: Callable[[str], None] = prin
             "fairxray.model": model,
             "fairxray.method": method,
             "fairxray.seed": str(seed),
+            "fairxray.model_scale": info["model_scale"],
             "fairxray.classes": json.dumps(classes),
             "fairxray.preprocessing": json.dumps(asdict(info["image"])),
         },
@@ -374,6 +375,7 @@ def export(p: Params, model: str, method: str, log: Callable[[str], None] = prin
         "method": method,
         "seed": seed,
         "seed_choice": why,
+        "model_scale": info["model_scale"],  # "tiny": a small random build (demo only)
         "exporter": e.exporter,
         "opset": e.opset,
         "input": {

@@ -9,12 +9,15 @@ hub name. Real weights: ``open_clip_pytorch_model.bin`` (weights-only pickle) wi
 
 from __future__ import annotations
 
+import tempfile
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from fairxray.models import _tiny
 from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer
 from fairxray.models.openclip import CLIP_IMAGE, OpenClipModel
-from fairxray.models.registry import LoraSpec, ModelSpec, register
+from fairxray.models.registry import LoraSpec, ModelSpec, TinySpec, register
 from fairxray.models.weights import read_state_file, strict_load, weight_path
 
 WEIGHTS = "open_clip_pytorch_model.bin"
@@ -63,6 +66,30 @@ def _build(folder: Path | None) -> OpenClipModel:
         return build_biomedclip(SPEC, model_config(str(cfg_dir)), folder)
 
 
+TINY_BLOCKS = 2
+
+
+@cache
+def _tiny_bert_dir() -> str:
+    """A 2-layer, 32-wide BERT config (PubMedBERT's vocabulary size) for the tiny text tower."""
+    folder = Path(tempfile.mkdtemp(prefix="fairxray-tiny-bert-"))
+    _tiny.bert_config(vocab_size=30522, max_position_embeddings=512).save_pretrained(str(folder))
+    return str(folder)
+
+
+def _build_tiny(spec: ModelSpec) -> OpenClipModel:
+    """The same CustomTextCLIP: timm's ViT (vit_tiny's 192-wide blocks, the first two kept, its
+    position table resampled to 32 px by timm's own ``set_input_size``) and a tiny BERT."""
+    cfg = model_config(_tiny_bert_dir())
+    cfg["embed_dim"] = 32
+    cfg["vision_cfg"] = dict(cfg["vision_cfg"], timm_model_name="vit_tiny_patch16_224")
+    model = build_biomedclip(spec, cfg, None)
+    trunk = model.vision.trunk
+    trunk.blocks = trunk.blocks[:TINY_BLOCKS]
+    model.vision.set_input_size(_tiny.VIT_SIZE)
+    return model
+
+
 SPEC = register(
     ModelSpec(
         name="biomedclip",
@@ -87,6 +114,13 @@ SPEC = register(
         notes="timm vit_base_patch16_224 (CLS) + PubMedBERT (CLS, MLP proj); ctx 256",
         feature_dim=768,
         text_context=CONTEXT,
+        tiny=TinySpec(
+            _build_tiny,
+            _tiny.VIT_SIZE,
+            32,
+            192,
+            "timm ViT 2 x 192, patch 16; BERT 2 x 32",
+        ),
         random_vocab_note="random build: generated character-level vocabulary, not PubMedBERT's",
     )
 )

@@ -20,6 +20,10 @@ Preprocessing (``create_chest_xray_transform_for_inference(512, 512)``): shorter
 channels. Upstream also min-max stretches each image to 0-255 when loading it; the NIH PNGs are
 already 8-bit, so that stretch is not applied to the cached pixels (a documented difference).
 Zero-shot upstream compares raw cosines (logit scale 1.0 here) with report-style sentences.
+
+LoRA (``train.lora_config: model``): this package's extension, not the paper's: its ResNet rule,
+rank 4 with scale 1 on the layer1-4 bottleneck convs (294,144 adapter parameters); the projector
+is not adapted.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fairxray.models import _tiny
 from fairxray.models._bert import bert_tokenizer, bert_tokens
 from fairxray.models._hf import strict_from_pretrained
 from fairxray.models.base import ClipModel
-from fairxray.models.registry import ImageSpec, ModelSpec, register
+from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, TinySpec, register
 from fairxray.models.weights import read_state_file, strict_load
 
 IMAGE_WEIGHTS = "biovil_image_resnet50_proj_size_128.pt"
@@ -46,11 +51,11 @@ IMAGE = ImageSpec(512, "shortest+center_crop", None, "bilinear", 3, (0.0,) * 3, 
 class _Encoder(nn.Module):
     """``ImageEncoder``: ``encoder`` = the ResNet-50 trunk, returning the layer-4 map."""
 
-    def __init__(self) -> None:
+    def __init__(self, trunk: nn.Module | None = None) -> None:
         super().__init__()
         from torchvision.models import resnet50
 
-        self.encoder = resnet50(weights=None)
+        self.encoder = trunk if trunk is not None else resnet50(weights=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.encoder
@@ -77,9 +82,9 @@ class _Projector(nn.Module):
 class BioVilImage(nn.Module):
     """``ImageModel``'s ``projected_global_embedding`` ``[B, 128]``."""
 
-    def __init__(self) -> None:
+    def __init__(self, trunk: nn.Module | None = None) -> None:
         super().__init__()
-        self.encoder = _Encoder()
+        self.encoder = _Encoder(trunk)
         self.projector = _Projector()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,9 +162,11 @@ class BioVilModel(ClipModel):
         return self.vision.pooled(images)
 
 
-def build_biovil(spec: ModelSpec, text_config, folder: Path | None) -> BioVilModel:
+def build_biovil(
+    spec: ModelSpec, text_config, folder: Path | None, image: BioVilImage | None = None
+) -> BioVilModel:
     _, text_cls = _text_classes()
-    image = BioVilImage()
+    image = image if image is not None else BioVilImage()
     if folder is None:
         text = text_cls(text_config)
     else:
@@ -172,6 +179,12 @@ def build_biovil(spec: ModelSpec, text_config, folder: Path | None) -> BioVilMod
 
 def _build(folder: Path | None) -> BioVilModel:
     return build_biovil(SPEC, default_text_config(), folder)
+
+
+def _build_tiny(spec: ModelSpec) -> BioVilModel:
+    config_cls, _ = _text_classes()
+    text = _tiny.bert_config(config_cls, projection_size=JOINT, vocab_size=30522)
+    return build_biovil(spec, text, None, BioVilImage(_tiny.resnet50_trunk()))
 
 
 SPEC = register(
@@ -189,10 +202,24 @@ SPEC = register(
         embed_dim=JOINT,
         prompt_style="report_ensemble",
         lora_targets=r"encoder\.encoder\.layer[1-4]\.\d+\.conv[123]",
+        lora=LoraSpec(
+            targets=r"encoder\.encoder\.layer[1-4]\.\d+\.conv[123]",
+            rank=4,
+            scale=1.0,
+            source="fairxray extension, not the paper's: its ResNet rule (rank 4, scale 1, "
+            "layer1-4 convs)",
+        ),
         notes="ResNet-50 + 1x1-conv projector (patch mean) and CXR-BERT CLS projection, 128-d; "
         "512 px, no normalisation; raw cosine",
         feature_dim=2048,
         text_context=CONTEXT,
+        tiny=TinySpec(
+            _build_tiny,
+            _tiny.RESNET_SIZE,
+            JOINT,
+            2048,
+            "torchvision ResNet, one bottleneck per stage, inner width / 4; CXR-BERT 2 x 32",
+        ),
         random_vocab_note="random build: generated character-level vocabulary, not CXR-BERT's",
     )
 )

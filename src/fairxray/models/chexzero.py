@@ -16,13 +16,26 @@ rounding of the 320 px intermediate, which is skipped.
 Zero-shot upstream is a positive/negative pair per label ("{}" vs "no {}"); the 6x200 protocols
 are multiclass, so the positive templates are compared across classes (prompt style
 ``chexzero``: the bare finding name, as CheXzero's positive template).
+
+LoRA (``train.lora_config: model``): this package's extension, not the paper's (the paper ran no
+CheXzero). Its tower is OpenAI's ViT-B/32, so it takes the paper's ViT rule unchanged: rank 16,
+scale 1 on each visual block's fused ``in_proj_weight`` (589,824 adapter parameters).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from fairxray.models.openclip import ARCHS, OpenClipModel, _config, build_openai_clip
+from fairxray.models import _tiny
+from fairxray.models.openclip import (
+    ARCHS,
+    CLIP_LORA,
+    OpenClipModel,
+    _config,
+    build_openai_clip,
+    tiny_openai_clip,
+)
 from fairxray.models.registry import ImageSpec, ModelSpec, register
 
 WEIGHTS = "best_64_5e-05_original_22000_0.864.pt"
@@ -50,9 +63,15 @@ SPEC = register(
         embed_dim=512,
         prompt_style="chexzero",
         lora_targets=r"transformer\.resblocks\.\d+\.attn",
+        lora=dataclasses.replace(
+            CLIP_LORA,
+            source="fairxray extension, not the paper's: its ViT rule (rank 16, scale 1, "
+            "in_proj_weight) on CheXzero's CLIP ViT-B/32",
+        ),
         notes="open_clip ViT-B-32-quickgelu, plain state_dict; 0-255 normalisation; one of ten "
         "released checkpoints",
         feature_dim=768,
         text_context=77,
+        tiny=tiny_openai_clip(_tiny.openclip_vit_cfg(16), 64),
     )
 )

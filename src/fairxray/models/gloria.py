@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fairxray.models import _tiny
 from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer
 from fairxray.models.base import ClipModel
-from fairxray.models.medclip import RESNET_LORA, default_bert_config
-from fairxray.models.registry import ImageSpec, ModelSpec, register
+from fairxray.models.medclip import RESNET_LORA, default_bert_config, tiny_bert_config
+from fairxray.models.registry import ImageSpec, ModelSpec, TinySpec, register
 from fairxray.models.weights import read_state_file, strict_load
 
 WEIGHTS = "gloria_resnet50.safetensors"
@@ -60,16 +61,17 @@ def gloria_text(text: str) -> str:
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self) -> None:
+    def __init__(
+        self, trunk: nn.Module | None = None, out_dim: int = 768, input_size: int = 299
+    ) -> None:
         import torchvision
 
         super().__init__()
-        self.model = torchvision.models.resnet50(weights=None)
+        self.model = trunk if trunk is not None else torchvision.models.resnet50(weights=None)
         self.model.fc = nn.Identity()
-        self.global_embedder = nn.Linear(2048, 768)
-        self.local_embedder = nn.Conv2d(1024, 768, kernel_size=1, bias=False)
-
-    input_size = 299  # upstream upsamples every input to 299 inside the tower
+        self.global_embedder = nn.Linear(2048, out_dim)
+        self.local_embedder = nn.Conv2d(1024, out_dim, kernel_size=1, bias=False)
+        self.input_size = input_size  # upstream upsamples every input to 299 inside the tower
 
     def _layer3(self, x: torch.Tensor) -> torch.Tensor:
         side = self.input_size
@@ -115,9 +117,11 @@ class BertEncoder(nn.Module):
 
 
 class GloriaModel(ClipModel):
-    def __init__(self, spec: ModelSpec, bert_config, tokenizer) -> None:
+    def __init__(
+        self, spec: ModelSpec, bert_config, tokenizer, vision: ImageEncoder | None = None
+    ) -> None:
         super().__init__(spec)
-        self.vision = ImageEncoder()
+        self.vision = vision if vision is not None else ImageEncoder()
         self.text = BertEncoder(bert_config)
         self._tokenizer = tokenizer
 
@@ -175,8 +179,10 @@ def upstream_to_ours(key: str) -> str:
     return key
 
 
-def build_gloria(spec: ModelSpec, bert_config, folder: Path | None) -> GloriaModel:
-    model = GloriaModel(spec, bert_config, bert_tokenizer(folder))
+def build_gloria(
+    spec: ModelSpec, bert_config, folder: Path | None, vision: ImageEncoder | None = None
+) -> GloriaModel:
+    model = GloriaModel(spec, bert_config, bert_tokenizer(folder), vision)
     if folder is not None:
         path = Path(folder) / WEIGHTS
         strict_load(
@@ -192,6 +198,17 @@ def build_gloria(spec: ModelSpec, bert_config, folder: Path | None) -> GloriaMod
 
 def _build(folder: Path | None) -> GloriaModel:
     return build_gloria(SPEC, default_bert_config(), folder)
+
+
+# Tiny: the text tower has no projection (embeddings are BERT's hidden size), so the image
+# embedders shrink to the tiny BERT's 32; the internal upsampling keeps upstream's 299/224 ratio.
+TINY_INPUT = round(_tiny.RESNET_SIZE * 299 / 224)
+
+
+def _build_tiny(spec: ModelSpec) -> GloriaModel:
+    bert = tiny_bert_config()
+    vision = ImageEncoder(_tiny.resnet50_trunk(), bert.hidden_size, TINY_INPUT)
+    return build_gloria(spec, bert, None, vision)
 
 
 SPEC = register(
@@ -215,6 +232,14 @@ SPEC = register(
         notes="global branch for the CLIP interface, local + global for zero-shot; temp3 = 10",
         feature_dim=2048,
         text_context=CONTEXT,
+        tiny=TinySpec(
+            _build_tiny,
+            _tiny.RESNET_SIZE,
+            32,
+            2048,
+            f"torchvision ResNet, one bottleneck per stage, inner width / 4, upsampled to "
+            f"{TINY_INPUT}; BERT 2 x 32",
+        ),
         random_vocab_note="random build: generated character-level vocabulary, not Bio_ClinicalBERT's",
     )
 )

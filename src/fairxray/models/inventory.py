@@ -44,6 +44,12 @@ def _lora(s) -> dict | str | list:
     }
 
 
+def _tiny(s) -> dict:
+    """What ``model_scale: tiny`` builds for this model (random only, demo and tests)."""
+    t = s.at_scale("tiny")
+    return {"config": s.tiny.config, "image_size": t.image.size, "embed_dim": t.embed_dim}
+
+
 def inventory(weights_dir: str | None) -> list[dict]:
     """One record per registered model, with the state of ``<weights_dir>/<model>/``."""
     out = []
@@ -71,6 +77,7 @@ def inventory(weights_dir: str | None) -> list[dict]:
                 "lora": _lora(s),
                 "zero_shot": s.text_tower,  # False: image-only, no zero_shot method
                 "notes": s.notes,
+                "tiny": _tiny(s),
             }
         )
     return out

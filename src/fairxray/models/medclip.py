@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fairxray.models import _tiny
 from fairxray.models._bert import bert_tokenizer, bert_tokens, is_stale_buffer, swin_v4_to_v5
 from fairxray.models.base import ClipModel
-from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, register
+from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, TinySpec, register
 from fairxray.models.weights import read_state_file, strict_load, weight_path
 
 WEIGHTS = "pytorch_model.bin"
@@ -61,11 +62,11 @@ class MedCLIPTextModel(nn.Module):
 class MedCLIPVisionModel(nn.Module):
     """ResNet-50 whose ``fc`` is the 2048 -> 512 projection (no bias)."""
 
-    def __init__(self) -> None:
+    def __init__(self, trunk: nn.Module | None = None) -> None:
         import torchvision
 
         super().__init__()
-        self.model = torchvision.models.resnet50(weights=None)
+        self.model = trunk if trunk is not None else torchvision.models.resnet50(weights=None)
         self.model.fc = nn.Linear(2048, 512, bias=False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -198,6 +199,35 @@ SWIN_LORA = LoraSpec(
 _VOCAB_NOTE = "vocab.txt from https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT"
 
 
+def tiny_swin_config():
+    from transformers import SwinConfig
+
+    return SwinConfig(
+        image_size=_tiny.VIT_SIZE,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 2],
+        num_heads=[1, 2],
+        window_size=4,
+    )
+
+
+def tiny_bert_config():
+    return _tiny.bert_config(vocab_size=BIO_CLINICAL_BERT_VOCAB)
+
+
+def _tiny_resnet(spec: ModelSpec) -> MedCLIPModel:
+    return build_medclip(spec, MedCLIPVisionModel(_tiny.resnet50_trunk()), tiny_bert_config(), None)
+
+
+def _tiny_vit(spec: ModelSpec) -> MedCLIPModel:
+    vision = MedCLIPVisionModelViT(tiny_swin_config())
+    return build_medclip(spec, vision, tiny_bert_config(), None)
+
+
+_TINY_TEXT = "BERT 2 x 32"
+
+
 def _build_resnet(folder: Path | None) -> MedCLIPModel:
     return build_medclip(SPEC_RESNET, MedCLIPVisionModel(), default_bert_config(), folder)
 
@@ -218,6 +248,13 @@ SPEC_RESNET = register(
         lora=RESNET_LORA,
         notes="torchvision ResNet-50, fc = Linear(2048, 512, no bias); Bio_ClinicalBERT",
         feature_dim=2048,
+        tiny=TinySpec(
+            _tiny_resnet,
+            _tiny.RESNET_SIZE,
+            512,
+            2048,
+            f"torchvision ResNet, one bottleneck per stage, inner width / 4; {_TINY_TEXT}",
+        ),
         **_COMMON,
     )
 )
@@ -232,6 +269,9 @@ SPEC_VIT = register(
         lora=SWIN_LORA,
         notes="Swin-T (transformers 5 names; 4.x checkpoint keys mapped) + Linear(768, 512)",
         feature_dim=768,
+        tiny=TinySpec(
+            _tiny_vit, _tiny.VIT_SIZE, 512, 32, f"Swin embed 16, depths (1, 2); {_TINY_TEXT}"
+        ),
         **_COMMON,
     )
 )

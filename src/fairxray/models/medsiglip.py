@@ -16,6 +16,10 @@ generated character vocabulary (not MedSigLIP's).
 
 Preprocessing (``SiglipImageProcessor``): resize to 448 x 448 (bilinear, no crop), scale to
 [0, 1], normalise with mean 0.5 / std 0.5 per channel.
+
+LoRA (``train.lora_config: model``): this package's extension, not the paper's: its ViT rule
+(rank 16, scale 1) on every vision layer's ``q_proj``, ``k_proj`` and ``v_proj``
+(27 x 6 x 16 x 1152 = 2,985,984 adapter parameters on so400m).
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from pathlib import Path
 import torch
 
 from fairxray.errors import UserError
+from fairxray.models import _tiny
 from fairxray.models._bert import generated_vocab
 from fairxray.models._hf import strict_from_pretrained
-from fairxray.models.pubmedclip import HF_FILES, HFDualModel
-from fairxray.models.registry import ImageSpec, ModelSpec, register
+from fairxray.models.pubmedclip import HF_FILES, HFDualModel, qkv_lora
+from fairxray.models.registry import ImageSpec, ModelSpec, TinySpec, register
 
 CONTEXT = 64
 IMAGE = ImageSpec(448, "stretch", None, "bilinear", 3, (0.5,) * 3, (0.5,) * 3, "0-1")
@@ -46,6 +51,15 @@ def default_config():
     return SiglipConfig(
         text_config={**tower, "vocab_size": 32000, "max_position_embeddings": CONTEXT},
         vision_config={**tower, "image_size": 448, "patch_size": 14},
+    )
+
+
+def tiny_config():
+    from transformers import SiglipConfig
+
+    return SiglipConfig(
+        text_config={**_tiny.TOWER, "vocab_size": 32000, "max_position_embeddings": CONTEXT},
+        vision_config={**_tiny.TOWER, "image_size": _tiny.VIT_SIZE, "patch_size": 8},
     )
 
 
@@ -97,10 +111,18 @@ SPEC = register(
         embed_dim=1152,
         prompt_style="clip_ensemble",
         lora_targets=r"vision_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",
+        lora=qkv_lora(r"vision_model\.encoder\.layers\.\d+\.self_attn", "SiglipModel"),
         notes="transformers SiglipModel, 448 px, so400m/14 towers; softmax over classes "
         "(the sigmoid bias cancels); text padded to 64 tokens",
         feature_dim=None,
         text_context=CONTEXT,
+        tiny=TinySpec(
+            lambda spec: build_medsiglip(spec, tiny_config(), None),
+            _tiny.VIT_SIZE,
+            32,
+            None,
+            "SiglipModel: vision and text 2 x 32, patch 8",
+        ),
         random_vocab_note="random build: generated character-level vocabulary, not MedSigLIP's",
     )
 )

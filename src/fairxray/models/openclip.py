@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fairxray.models import _tiny
 from fairxray.models.base import ClipModel
-from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, register
+from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, TinySpec, register
 from fairxray.models.safe_pickle import jit_state_dict
 from fairxray.models.weights import read_state_file, strict_load, weight_path
 
@@ -100,7 +101,9 @@ def build_openai_clip(spec: ModelSpec, model_cfg: dict, folder: Path | None) -> 
     import open_clip
 
     clip = open_clip.CLIP(**model_cfg)
-    if folder is not None:
+    if folder is None:
+        live_residual_branches(clip.visual)
+    else:
         path = weight_path(folder, spec.weight_files[0])
         strict_load(
             clip,
@@ -110,6 +113,25 @@ def build_openai_clip(spec: ModelSpec, model_cfg: dict, folder: Path | None) -> 
             drop=_drop_openai,
         )
     return OpenClipModel(spec, clip, _clip_tokenizer(spec.text_context)).eval()
+
+
+def live_residual_branches(visual: nn.Module) -> int:
+    """Give a randomly initialised ModifiedResNet's residual branches a non-zero output.
+
+    open_clip's ``ModifiedResNet.init_parameters`` zeroes the scale of every bottleneck's last
+    BatchNorm (``bn3.weight``), the "zero-init residual" trick for training from scratch: each
+    block then starts as the identity and nothing flows back into its ``conv1``-``conv3``. With
+    the trunk frozen (LoRA), those scales stay zero forever, so every LoRA adapter on the
+    bottleneck convs gets an exactly zero gradient. Trained OpenAI weights have non-zero scales;
+    the random build stands in for them, so the scales are reset to BatchNorm's default 1.
+    Returns how many were reset (0 for a ViT tower)."""
+    n = 0
+    with torch.no_grad():
+        for name, bn in visual.named_modules():
+            if name.startswith("layer") and name.endswith("bn3") and isinstance(bn, nn.BatchNorm2d):
+                bn.weight.fill_(1.0)
+                n += 1
+    return n
 
 
 def _config(name: str) -> dict:
@@ -124,10 +146,34 @@ def _config(name: str) -> dict:
 ARCHS: dict[str, str] = {}  # registry name -> open_clip config it is built from
 
 
+def tiny_openai_clip(model_cfg: dict, feature_dim: int | None) -> TinySpec:
+    """``model_scale: tiny`` for an open_clip ``CLIP``: the same class at ``model_cfg``."""
+    vc = model_cfg["vision_cfg"]
+    kind = "ModifiedResNet" if isinstance(vc["layers"], list) else "ViT"
+    return TinySpec(
+        build=lambda spec: build_openai_clip(spec, model_cfg, None),
+        image_size=vc["image_size"],
+        embed_dim=model_cfg["embed_dim"],
+        feature_dim=feature_dim,
+        config=f"open_clip CLIP: {kind} layers {vc['layers']}, width {vc['width']}; text 2 x 32",
+    )
+
+
 # LoRA on the modified ResNets: the bottleneck convolutions of layers 1-4 (the paper's code
 # adapts ResNet convs, rank 4). Not the attention pool: it passes its q/k/v/c weights to
-# F.multi_head_attention_forward directly, so LoRA wrappers there would get no gradient.
+# F.multi_head_attention_forward directly, so LoRA wrappers there would get no gradient. The
+# random build resets the zero-initialised bn3 scales (:func:`live_residual_branches`), else no
+# gradient reaches these convs either.
 RESNET_LORA = r"layer[1-4]\.\d+\.conv[123]"
+# fairxray's extension (the paper ran no CLIP ResNet): the paper's ResNet rule, rank 4 with
+# scale 1 on the layer1-4 bottleneck convs; 294,144 adapter parameters on RN50 (the same conv
+# shapes as a torchvision ResNet-50), 655,680 on RN50x4 (width 80, 4-6-10-6 blocks).
+RESNET_LORA_SPEC = LoraSpec(
+    targets=RESNET_LORA,
+    rank=4,
+    scale=1.0,
+    source="fairxray extension, not the paper's: its ResNet rule (rank 4, scale 1, layer1-4 convs)",
+)
 
 
 def _register(
@@ -141,6 +187,7 @@ def _register(
     lora_targets: str = r"transformer\.resblocks\.\d+\.attn",
     lora: LoraSpec | None = CLIP_LORA,
     feature_dim: int | None = 768,
+    tiny: TinySpec | None = None,
 ) -> ModelSpec:
     ARCHS[name] = arch
 
@@ -166,6 +213,7 @@ def _register(
             notes=f"open_clip {arch}; OpenAI TorchScript archive read without executing it",
             feature_dim=feature_dim,
             text_context=77,
+            tiny=tiny or tiny_openai_clip(_tiny.openclip_resnet_cfg(), None),
         )
     )
     return spec
@@ -180,6 +228,7 @@ _register(
     "ViT-B-32.pt",
     _SHA_B32,
     f"{_OPENAI}/{_SHA_B32}/ViT-B-32.pt",
+    tiny=tiny_openai_clip(_tiny.openclip_vit_cfg(16), 64),
 )
 _register(
     "clip-vit-b16",
@@ -187,12 +236,13 @@ _register(
     "ViT-B-16.pt",
     _SHA_B16,
     f"{_OPENAI}/{_SHA_B16}/ViT-B-16.pt",
+    tiny=tiny_openai_clip(_tiny.openclip_vit_cfg(8), 64),
 )
 _SHA_RN50 = "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762"
 _SHA_RN50X4 = "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd"
 # The modified ResNets end in an attention pool that outputs the joint embedding directly. The
-# paper ran no CLIP ResNet, so there is no released LoRA setting for them (lora=None): only
-# `train.lora_config: train` applies, on the bottleneck convs.
+# paper ran no CLIP ResNet: their `lora_config: model` setting is this package's extension
+# (RESNET_LORA_SPEC, the paper's ResNet rule).
 _register(
     "clip-rn50",
     "RN50-quickgelu",
@@ -201,7 +251,7 @@ _register(
     f"{_OPENAI}/{_SHA_RN50}/RN50.pt",
     embed_dim=1024,
     lora_targets=RESNET_LORA,
-    lora=None,
+    lora=RESNET_LORA_SPEC,
     feature_dim=None,
 )
 _register(
@@ -213,6 +263,6 @@ _register(
     image=dataclasses.replace(CLIP_IMAGE, size=288),  # RN50x4 is trained at 288 px
     embed_dim=640,
     lora_targets=RESNET_LORA,
-    lora=None,
+    lora=RESNET_LORA_SPEC,
     feature_dim=None,
 )

@@ -11,6 +11,13 @@ registered twice.
 Preprocessing: CLIP's 224 pipeline and RGB statistics, as the conversion's processor and
 downstream users (FairMedFM) use; the authors' training used ImageNet statistics at 250 px
 (documented choice, in the spec's ``notes``).
+
+LoRA (``train.lora_config: model``): this package's extension, not the paper's (the paper has no
+setting for these families). The paper's ViT rule, rank 16 with scale 1 on the attention
+in-projection, maps to transformers' separate ``q_proj``, ``k_proj`` and ``v_proj`` of every
+vision layer (``out_proj`` untouched, as in the released code). Three rank-16 adapters hold
+``6 * 16 * width`` parameters per layer against the fused in-projection's ``4 * 16 * width``:
+884,736 on PubMedCLIP's ViT-B/32 instead of CLIP's 589,824 (``equal_budget`` evens it out).
 """
 
 from __future__ import annotations
@@ -20,12 +27,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fairxray.models import _tiny
 from fairxray.models._hf import Projected, hf_clip_tokenizer, strict_from_pretrained
 from fairxray.models.base import ClipModel
 from fairxray.models.openclip import CLIP_IMAGE
-from fairxray.models.registry import ModelSpec, register
+from fairxray.models.registry import LoraSpec, ModelSpec, TinySpec, register
 
 HF_FILES = ("config.json", "model.safetensors")
+
+
+def qkv_lora(attention: str, family: str) -> LoraSpec:
+    """The paper's ViT rule on a transformers tower with separate q/k/v projections;
+    ``attention`` is the regex of each layer's attention module."""
+    return LoraSpec(
+        targets=rf"{attention}\.(q_proj|k_proj|v_proj)",
+        rank=16,
+        scale=1.0,
+        source=f"fairxray extension, not the paper's: its ViT rule (rank 16, scale 1 on the "
+        f"attention in-projections) on {family}'s q_proj, k_proj, v_proj",
+    )
 
 
 class HFDualModel(ClipModel):
@@ -89,6 +109,16 @@ def _build(folder: Path | None) -> HFDualModel:
     return build_pubmedclip(SPEC, default_config(), folder)
 
 
+def tiny_config():
+    from transformers import CLIPConfig
+
+    return CLIPConfig(
+        text_config=dict(_tiny.TOWER, vocab_size=49408, max_position_embeddings=77),
+        vision_config=dict(_tiny.TOWER, image_size=_tiny.VIT_SIZE, patch_size=16),
+        projection_dim=32,
+    )
+
+
 SPEC = register(
     ModelSpec(
         name="pubmedclip",
@@ -103,9 +133,17 @@ SPEC = register(
         embed_dim=512,
         prompt_style="clip_ensemble",
         lora_targets=r"vision_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",
+        lora=qkv_lora(r"vision_model\.encoder\.layers\.\d+\.self_attn", "CLIPModel"),
         notes="transformers CLIPModel (ViT-B/32); CLIP 224 preprocessing (authors trained with "
         "ImageNet mean/std at 250 px); training logits used exp(0.01)/exp(0.07), irrelevant to ranking",
         feature_dim=None,
         text_context=77,
+        tiny=TinySpec(
+            lambda spec: build_pubmedclip(spec, tiny_config(), None),
+            _tiny.VIT_SIZE,
+            32,
+            None,
+            "CLIPModel: vision and text 2 x 32, patch 16",
+        ),
     )
 )

@@ -11,6 +11,10 @@ embedding the model card recommends.
 Preprocessing (the checkpoint's ``preprocessor_config.json``, a BitImageProcessor): shorter side
 to 518 (bicubic), centre crop 518, scale to [0, 1], normalise with mean 0.5307 / std 0.2583 per
 channel (the training set's statistics, grey images repeated to 3 channels).
+
+LoRA (``train.lora_config: model``): this package's extension, not the paper's: its ViT rule
+(rank 16, scale 1) on every layer's ``q_proj``, ``k_proj`` and ``v_proj`` (transformers 5 names;
+12 x 6 x 16 x 768 = 884,736 adapter parameters), ``o_proj`` untouched.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import torch
 from torch import nn
 
 from fairxray.errors import UserError
+from fairxray.models import _tiny
 from fairxray.models._hf import Projected, strict_from_pretrained
 from fairxray.models.base import ClipModel
-from fairxray.models.pubmedclip import HF_FILES
-from fairxray.models.registry import ImageSpec, ModelSpec, register
+from fairxray.models.pubmedclip import HF_FILES, qkv_lora
+from fairxray.models.registry import ImageSpec, ModelSpec, TinySpec, register
 
 IMAGE = ImageSpec(
     518, "shortest+center_crop", None, "bicubic", 3, (0.5307,) * 3, (0.2583,) * 3, "0-1"
@@ -67,6 +72,18 @@ def default_config():
     return Dinov2Config(image_size=518, patch_size=14)
 
 
+def tiny_config():
+    from transformers import Dinov2Config
+
+    return Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=_tiny.VIT_SIZE,
+        patch_size=8,
+    )
+
+
 def build_raddino(spec: ModelSpec, config, folder: Path | None) -> ImageOnlyModel:
     from transformers import Dinov2Model
 
@@ -93,9 +110,17 @@ SPEC = register(
         # transformers 5 names (4.x: attention.attention.query|key|value); the checkpoint's own
         # 4.x names are mapped by from_pretrained.
         lora_targets=r"backbone\.encoder\.layer\.\d+\.attention\.(q_proj|k_proj|v_proj|o_proj)",
+        lora=qkv_lora(r"backbone\.encoder\.layer\.\d+\.attention", "Dinov2Model"),
         notes="transformers Dinov2Model ViT-B/14, 518 px, CLS (pooler_output); image-only",
         feature_dim=768,
         text_context=0,
         text_tower=False,
+        tiny=TinySpec(
+            lambda spec: build_raddino(spec, tiny_config(), None),
+            _tiny.VIT_SIZE,
+            32,
+            32,
+            "Dinov2Model 2 x 32, patch 8",
+        ),
     )
 )

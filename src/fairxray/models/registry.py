@@ -7,7 +7,9 @@ Each family module (``fairxray.models.<family>``) calls :func:`register` for its
 Weights live in ``<weights_dir>/<name>/`` with the files named as upstream ships them
 (``ModelSpec.weight_files``). ``create(name, None)`` builds the architecture randomly initialised
 and offline (tests, the demo); ``create(name, weights_dir)`` checks the files (presence, sha256
-where the upstream hash is known) and loads them strictly.
+where the upstream hash is known) and loads them strictly. ``create(name, None, scale="tiny")``
+builds the family's tiny configuration (``ModelSpec.tiny``: the same upstream classes, a few narrow
+layers, a small image size), random only; its ``spec`` says ``scale="tiny"``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fairxray.errors import UserError
-from fairxray.models.spec import ImageSpec, LoraSpec, ModelSpec, WeightsStatus
+from fairxray.models.spec import (
+    MODEL_SCALES,
+    ImageSpec,
+    LoraSpec,
+    ModelSpec,
+    TinySpec,
+    WeightsStatus,
+)
 from fairxray.models.weights import check_files
 
 if TYPE_CHECKING:
@@ -26,7 +35,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ImageSpec",
     "LoraSpec",
+    "MODEL_SCALES",
     "ModelSpec",
+    "TinySpec",
     "WeightsStatus",
     "create",
     "get_spec",
@@ -42,6 +53,8 @@ def register(spec: ModelSpec) -> ModelSpec:
     old = _REGISTRY.get(spec.name)
     if old is not None and old != spec:
         raise ValueError(f"model {spec.name!r} is already registered with a different spec")
+    if spec.tiny is None:
+        raise ValueError(f"{spec.name}: every model needs a tiny build (ModelSpec.tiny)")
     unknown_hash = set(spec.sha256) - set(spec.weight_files)
     if unknown_hash:
         raise ValueError(f"{spec.name}: sha256 given for files not in weight_files: {unknown_hash}")
@@ -53,13 +66,20 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_spec(name: str, scale: str = "full") -> ModelSpec:
     try:
-        return _REGISTRY[name]
+        spec = _REGISTRY[name]
     except KeyError:
         raise UserError(
             f"model '{name}': unknown; known models: {', '.join(sorted(_REGISTRY))}"
         ) from None
+    _check_scale(scale)
+    return spec.at_scale(scale)
+
+
+def _check_scale(scale: str) -> None:
+    if scale not in MODEL_SCALES:
+        raise UserError(f"model_scale: must be one of {MODEL_SCALES}, got {scale!r}")
 
 
 def weights_folder(name: str, weights_dir: str | Path) -> Path:
@@ -97,10 +117,19 @@ def require_weights(names: Iterable[str], weights_dir: str | Path | None) -> Non
         raise UserError(" | ".join(bad))
 
 
-def create(name: str, weights_dir: str | Path | None = None) -> ClipModel:
+def create(name: str, weights_dir: str | Path | None = None, scale: str = "full") -> ClipModel:
     """Build model ``name``: random and offline when ``weights_dir`` is None, else strictly
-    loaded from ``<weights_dir>/<name>/`` after the files are checked."""
+    loaded from ``<weights_dir>/<name>/`` after the files are checked. ``scale="tiny"``: the
+    family's tiny random build (no weights can be loaded into it)."""
     spec = get_spec(name)
+    _check_scale(scale)
+    if scale == "tiny":
+        if weights_dir is not None:
+            raise UserError(
+                f"model_scale: tiny builds random weights only; model '{name}' cannot load "
+                f"{weights_dir} (unset data.weights_dir or use model_scale: full)"
+            )
+        return spec.tiny.build(spec.at_scale("tiny"))
     if weights_dir is None:
         return spec.build(None)
     status = weights_status(name, weights_dir)

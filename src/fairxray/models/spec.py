@@ -5,6 +5,7 @@ model code, so families, preprocessing and weight checks all depend on it and no
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,10 @@ from typing import Any
 RESIZE_RULES = ("shortest+center_crop", "pad_square", "stretch")
 INTERPOLATIONS = ("bicubic", "bilinear")
 VALUE_RANGES = ("0-1", "0-255")
+# `model_scale`: "full" = the published architecture (random or loaded weights); "tiny" = the
+# same upstream classes at random init with a few narrow layers and a small native image size,
+# so the demo graph runs every family on a CPU. Never loaded from weights.
+MODEL_SCALES = ("full", "tiny")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,19 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class TinySpec:
+    """A family's ``model_scale: tiny`` build: the same upstream classes, randomly initialised,
+    with a few narrow layers (text tower too; tokenizers unchanged) at ``image_size`` px.
+    ``build`` takes the tiny-scale spec (:meth:`ModelSpec.at_scale`) and returns the model."""
+
+    build: Callable[[Any], Any]  # tiny ModelSpec -> ClipModel, random init
+    image_size: int  # native square input of the tiny tower
+    embed_dim: int  # joint space of the tiny towers
+    feature_dim: int | None  # pre-projection feature size (None = not exposed)
+    config: str  # what the tiny build is, for the manifests (e.g. "2 layers x 64 wide")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str  # registry key, e.g. "medclip-vit"
     family: str  # loader family, e.g. "openclip_openai", "medclip", "toy"
@@ -101,6 +119,28 @@ class ModelSpec:
     # (a key of fairxray.adapt.zero_shot.ZERO_SHOT_RULES; "" = the default softmax over cosines).
     zero_shot: str = ""
     text_tower: bool = True  # False: image-only (RAD-DINO), the zero_shot method refuses it
+    tiny: TinySpec | None = None  # how `model_scale: tiny` builds it
+    scale: str = "full"  # the model_scale this spec describes (see at_scale)
+
+    def at_scale(self, scale: str) -> ModelSpec:
+        """This spec at ``scale``: "tiny" swaps in the tiny build's image size (``pre_size``
+        scaled with it), joint and feature dimensions, and says so in ``notes``."""
+        if scale not in MODEL_SCALES:
+            raise ValueError(f"model_scale must be one of {MODEL_SCALES}, got {scale!r}")
+        if scale == self.scale:
+            return self
+        if self.scale != "full" or self.tiny is None:
+            raise ValueError(f"model {self.name!r} has no {scale} build")
+        t, im = self.tiny, self.image
+        pre = None if im.pre_size is None else round(im.pre_size * t.image_size / im.size)
+        return dataclasses.replace(
+            self,
+            image=dataclasses.replace(im, size=t.image_size, pre_size=pre),
+            embed_dim=t.embed_dim,
+            feature_dim=t.feature_dim,
+            notes=f"TINY random build ({t.config}, {t.image_size} px) of: {self.notes}",
+            scale=scale,
+        )
 
 
 @dataclass(frozen=True)

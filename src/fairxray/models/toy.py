@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fairxray.models.base import ClipModel
-from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, register
+from fairxray.models.registry import ImageSpec, LoraSpec, ModelSpec, TinySpec, register
 from fairxray.models.weights import read_state_file, strict_load
 
 SEED = 1234
@@ -115,11 +115,15 @@ def save_toy(model: ToyClip, folder: str | Path) -> Path:
     return path
 
 
-def _build(folder: Path | None) -> ToyClip:
+def _random(spec: ModelSpec) -> ToyClip:
     # A private RNG stream: building never disturbs the caller's global seed.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        model = ToyClip(SPEC)
+        return ToyClip(spec)
+
+
+def _build(folder: Path | None) -> ToyClip:
+    model = _random(SPEC)
     if folder is not None:
         path = Path(folder) / WEIGHTS_FILE
         strict_load(model, read_state_file(path), source=str(path))
@@ -152,6 +156,8 @@ SPEC = register(
         notes="tiny random CLIP-like encoders for tests and the demo; not a real model",
         feature_dim=FEATURES,
         text_context=CONTEXT,
+        # Already tiny: model_scale: tiny builds the same toy (its spec says so).
+        tiny=TinySpec(lambda spec: _random(spec).eval(), 32, EMBED, FEATURES, "the toy itself"),
         random_vocab_note="hashed word tokenizer, no vocabulary file",
     )
 )

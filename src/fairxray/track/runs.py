@@ -365,6 +365,7 @@ def seed_inputs(p: Params, model: str, method: str, seed: int) -> dict[str, Any]
         "hyperparameters_from": cfg.get("hyperparameters_from"),
         "trainable_params": cfg.get("trainable_params"),
         "random_weights": cfg.get("random_weights"),
+        "model_scale": cfg.get("model_scale", "full"),
         **{f"train.{k}": v for k, v in _flatten(cfg.get("train", {})).items()},
     }
     train_metrics = {}

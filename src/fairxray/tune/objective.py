@@ -74,10 +74,10 @@ def load_tune_data(p: Params, model_name: str, method: str) -> TuneData:
     )
     new_model = None
     if meth.inputs == "images":
-        weights = p.data.weights_dir
+        weights, scale = p.data.weights_dir, p.model_scale
 
         def new_model():
-            return create(model_name, weights)
+            return create(model_name, weights, scale)
 
     return TuneData(data, frames["val"], meth.inputs, new_model)
 

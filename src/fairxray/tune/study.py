@@ -65,7 +65,7 @@ def inputs_sha256(p: Params, model: str, method: str) -> str | None:
         if not man.exists():
             raise UserError(f"{man}: missing; run `fairxray images --protocol {p.data.protocol}`")
         h.update(man.read_bytes())
-        for k, v in create(model, p.data.weights_dir).state_dict().items():
+        for k, v in create(model, p.data.weights_dir, p.model_scale).state_dict().items():
             h.update(k.encode())
             h.update(np.ascontiguousarray(v.detach().cpu().float().numpy()).tobytes())
     else:
