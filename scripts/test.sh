@@ -19,13 +19,14 @@ fi
 
 ruff check src tests benchmarks
 [ -f Dockerfile ] && hadolint Dockerfile
-# The default marker selection is "not gpu" (slow tests included), also when other pytest
-# arguments are given; an explicit -m replaces it.
+# The default marker selection is "not gpu and not heavy" (slow tests, the dvc repro smoke tests
+# included), also when other pytest arguments are given; an explicit -m replaces it
+# (`scripts/test.sh -m heavy` runs the heavy tests, as .ci/run does after the default suite).
 has_marker=false
 for arg in "$@"; do
   case "$arg" in -m | -m*) has_marker=true ;; esac
 done
-if [ "$has_marker" = false ]; then set -- -m "not gpu" "$@"; fi
+if [ "$has_marker" = false ]; then set -- -m "not gpu and not heavy" "$@"; fi
 # Both cores: one pytest worker per core, each test file kept on one worker (module fixtures such
 # as the smoke test's demo run are built once). FAIRXRAY_TEST_WORKERS=0 runs in one process.
 workers="${FAIRXRAY_TEST_WORKERS:-2}"

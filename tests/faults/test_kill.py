@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+# heavy: CI runs it after the default suite (.ci/run); `scripts/test.sh -m heavy` runs it here.
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 TINY = {
     "data": {"protocols": ["nih6x200-clean"], "protocol": "nih6x200-clean", "per_cell": 8,

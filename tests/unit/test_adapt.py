@@ -225,6 +225,7 @@ ADAPT_MODELS = [n for n in list_models() if n not in FULL_SIZE_TOO_SLOW]
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # full-size builds; the tiny builds of every family run in the default suite
 @pytest.mark.parametrize("name", ADAPT_MODELS)
 def test_every_model_adapts(name):
     """Every registered architecture (random weights): the declared LoRA targets exist, their

@@ -123,6 +123,7 @@ def test_config_model_scale_is_checked():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # a whole demo graph; the default suite runs every tiny build in-process
 def test_demo_runs_a_new_family_at_tiny_scale(tmp_path):
     """`fairxray demo` with MedSigLIP (448 px, 880M parameters at full size) at tiny scale."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

@@ -154,6 +154,7 @@ def test_chexzero_preprocessing_is_pad_and_0_255_normalisation():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_rn50_full_size_builds_with_openai_shapes():
     import open_clip
 
@@ -504,6 +505,7 @@ def test_zero_shot_runs_on_every_new_text_family(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 # MedSigLIP's full random build (so400m towers at 448 px) is too large for the default CPU suite.
 @pytest.mark.parametrize("name", ["pubmedclip", "rad-dino", "biovil"])
 def test_full_size_random_builds_have_the_documented_dims(name):

@@ -537,6 +537,7 @@ def _save_full_upstream(name: str, model, folder: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # full-size random builds saved and reloaded: minutes on 2 cores
 @pytest.mark.parametrize("name", REAL)
 def test_full_size_round_trip_through_registry(tmp_path, name, monkeypatch):
     from fairxray.models import weights_status
