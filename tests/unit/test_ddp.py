@@ -329,6 +329,7 @@ def _cli(root, *args, nproc: int = 0):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # a real torchrun of the stage; the 2-process gloo tests above run by default
 def test_torchrun_train_stage_equals_one_process(tmp_path):
     from _trainkit import write_project
 

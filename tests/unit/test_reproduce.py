@@ -454,6 +454,7 @@ def test_project_commit_from_git_or_the_image_build_arg(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the whole paper-profile graph (2 min); the demo graphs run in tests/smoke
 def test_reproduce_runs_the_paper_profile_on_fake_nih_and_toy_weights(
     needed, tmp_path, monkeypatch, capfd
 ):
