@@ -75,6 +75,22 @@ def find_pngs(images_dir: Path) -> dict[str, Path]:
     return found
 
 
+def find_files(images_dir: Path, todo: pd.DataFrame) -> tuple[dict[str, Path], str]:
+    """``{image_id: file}`` of the images that exist, and the cache's source name. NIH rows are
+    found by file name anywhere below ``images_dir``; rows with a ``path`` column (CheXpert,
+    MIMIC-CXR-JPG: JPG or PNG) are ``images_dir / path``, the layout the dataset's tables name."""
+    if "path" not in todo.columns:
+        return find_pngs(images_dir), "nih"
+    if not images_dir.is_dir():
+        raise UserError(f"{images_dir}: images folder not found (data.images_dir)")
+    found = {}
+    for image_id, rel in zip(todo["image_id"].astype(str), todo["path"].astype(str), strict=True):
+        f = images_dir / rel
+        if f.is_file():
+            found[image_id] = f
+    return found, "files"
+
+
 def _to_8bit(im: Image.Image) -> Image.Image:
     """Grayscale ``L`` by the image's bit depth: a 16-bit PNG (PIL mode ``I;16``/``I``) is scaled
     by 255 / 65535, not clipped at 255 as ``convert("L")`` would (that turns almost every pixel
@@ -253,9 +269,10 @@ def build_cache(
     the build there, as an interruption would, and a later call resumes from that commit."""
     todo = needed_images(splits)
     ids = todo["image_id"].astype(str).tolist()
-    source = "synthetic" if images_dir is None else "nih"
-    files = {} if images_dir is None else find_pngs(Path(images_dir))
-    key = resume_key(todo, images_dir, files, params, n_classes, age_groups)
+    source, files = "synthetic", {}
+    if images_dir is not None:
+        files, source = find_files(Path(images_dir), todo)
+    key = resume_key(todo, images_dir, files, params, n_classes, age_groups, source)
     work = _Partial(partial_dir, ids, params.size, key)
     problems: list[Problem] = []
     notes: list[Problem] = []
@@ -323,6 +340,7 @@ def resume_key(
     params: ImagesParams,
     n_classes: int,
     age_groups: list[str],
+    source: str = "nih",
 ) -> dict:
     """What the pixels of an interrupted build depend on: the work area is reused only when all
     of it is unchanged. Real images: the folder and each needed file's path, size and mtime
@@ -345,7 +363,7 @@ def resume_key(
             st = f.stat()
             h.update(f"{v}|{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return {
-        "source": "nih",
+        "source": source,
         "images_dir": str(Path(images_dir).resolve()),
         "min_source_size": params.min_source_size,
         "inputs_sha256": h.hexdigest(),

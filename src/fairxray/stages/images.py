@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         age_groups=age_group_labels(p.data.age_bins),
         progress=sys.stderr.isatty(),
     )
-    kind = "DEMO synthetic" if manifest["source"] == "synthetic" else "NIH"
+    kinds = {"synthetic": "DEMO synthetic", "nih": "NIH", "files": "image-file"}
+    kind = kinds.get(manifest["source"], manifest["source"])
     print(
         f"images {args.protocol}: {manifest['images']} {kind} images at {manifest['size']} px "
         f"-> {paths.images(args.protocol)}"
