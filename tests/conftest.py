@@ -18,6 +18,17 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    # Registered here, not in pyproject.toml: that file is a Docker build input, and a marker
+    # is no reason to rebuild and re-check the image.
+    config.addinivalue_line(
+        "markers",
+        "heavy: full-size model builds, the kill -9 fault suite, the paper-profile reproduce on "
+        "fake NIH, a real torchrun and the tiny-model demo; CI runs them after the default suite "
+        "(scripts/test.sh -m heavy)",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     import random
