@@ -24,8 +24,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "heavy: full-size model builds, the kill -9 fault suite, the paper-profile reproduce on "
-        "fake NIH, a real torchrun and the tiny-model demo; CI runs them after the default suite "
-        "(scripts/test.sh -m heavy)",
+        "fake NIH, a real torchrun, the tiny-model demo, two tune workers on PostgreSQL and the "
+        "GPU benchmark at tiny size; CI runs them after the default suite (scripts/test.sh -m heavy)",
     )
 
 

@@ -50,6 +50,7 @@ def tiny(tmp_path_factory):
     return written
 
 
+@pytest.mark.heavy  # the GPU benchmark script run at tiny size on CPU (20 s)
 def test_every_section_measured_on_cpu(tiny):
     assert tiny["device"] == "cpu" and tiny["tiny"] is True and tiny["random_weights"] is True
     assert tiny["date_utc"].endswith("Z") and tiny["complete"] is True
@@ -69,6 +70,7 @@ def test_every_section_measured_on_cpu(tiny):
     assert all(r["precision"] == "fp32" and r["workers"] == 2 for r in tiny["paper_loop"])
 
 
+@pytest.mark.heavy  # the GPU benchmark script run at tiny size on CPU (20 s)
 def test_projection_recomputed_by_hand(tiny):
     """Paper grid = sum over pairs of seeds x (fixed + first epoch + 99 steady epochs) plus one
     embedding per model; the tuned grid adds 20 trials per pair (no pruning: all 100 epochs)."""
@@ -148,6 +150,7 @@ def test_budget_exhausted_marks_rows_skipped(capsys):
     assert out["targets"]["min_ratio_end_to_end_over_model_bound_eager"]["met"] is None
 
 
+@pytest.mark.heavy  # the GPU benchmark script run at tiny size on CPU (20 s)
 def test_installer_covers_what_the_run_imports(tiny):
     """gpu.sh installs DISTS (at their lock pins) on a bare GPU machine: every distribution the
     tiny run imported must be among them and pinned in requirements.lock."""

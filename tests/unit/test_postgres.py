@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow  # two processes importing torch and training 8 trials: ~30 s
+# heavy: two processes importing torch and training 8 trials (~30 s); CI runs it after the
+# default suite.
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 N_TRIALS = 8
 
