@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # README command 2: set up (scripts/install.sh) and run the checks: ruff, hadolint on the
-# Dockerfile, and pytest including the slow end-to-end `dvc repro` smoke test (GPU tests skip
-# without CUDA). `scripts/test.sh -m "not slow"` runs the fast unit tests only; other pytest arguments keep
-# the "not gpu" default.
+# Dockerfile, and pytest including the slow end-to-end `dvc repro` smoke tests (GPU tests skip
+# without CUDA; the heavy tests run with `scripts/test.sh -m heavy`, as .ci/run does after this).
+# `scripts/test.sh -m "not slow"` runs the fast unit tests only; other pytest arguments keep the
+# "not gpu and not heavy" default.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
