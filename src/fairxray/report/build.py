@@ -349,13 +349,9 @@ def _html_page(title: str, banner: str | None, sections: Sequence[tuple[str, str
     )
 
 
-def build_report(
-    p: Params,
-    out_dir: str | Path = paths.REPORTS,
-    root: str | Path = ".",
-    profile: str | None = None,
-) -> dict:
-    """Write the report into ``out_dir`` atomically; return a summary (rows, missing runs, files)."""
+def load_inputs(p: Params, root: str | Path, profile: str | None):
+    """What both reports start from: the runs, the evaluated cells (at least one, else one
+    actionable error) and the profile the report is labelled with."""
     from fairxray.errors import UserError
 
     c = collect(p, root)
@@ -365,7 +361,17 @@ def build_report(
             f"report: no cell.json under {Path(root) / paths.METRICS}; run `fairxray evaluate "
             "--model M --method X` first"
         )
-    profile = profile or ("demo" if "demo" in c.profiles else p.profile)
+    return c, cells, profile or ("demo" if "demo" in c.profiles else p.profile)
+
+
+def build_report(
+    p: Params,
+    out_dir: str | Path = paths.REPORTS,
+    root: str | Path = ".",
+    profile: str | None = None,
+) -> dict:
+    """Write the report into ``out_dir`` atomically; return a summary (rows, missing runs, files)."""
+    c, cells, profile = load_inputs(p, root, profile)
     demo = profile == "demo"
     t1, t2 = table_keys(p)
     agg = cell_rows(cells.table)

@@ -44,10 +44,10 @@ from fairxray.report.build import (
     _png,
     _publish,
     cell_rows,
-    collect,
     figure_group_bars,
+    load_inputs,
 )
-from fairxray.report.cells import paired_table, read_cells
+from fairxray.report.cells import paired_table
 
 GAPS = ("auroc_gap", "tpr_gap", "fpr_gap", "fnr_gap")
 FIGURE = "underdiagnosis.png"
@@ -243,16 +243,7 @@ def build_multilabel_report(
     p: Params, out_dir: str | Path = paths.REPORTS, root: str | Path = ".", profile=None
 ) -> dict:
     """Write the multi-label report into ``out_dir`` atomically; return a summary."""
-    from fairxray.errors import UserError
-
-    c = collect(p, root)
-    cells = read_cells(p, root)
-    if cells.table.empty:
-        raise UserError(
-            f"report: no cell.json under {Path(root) / paths.METRICS}; run `fairxray evaluate "
-            "--model M --method X` first"
-        )
-    profile = profile or ("demo" if "demo" in c.profiles else p.profile)
+    c, cells, profile = load_inputs(p, root, profile)
     demo = profile == "demo"
     agg = cell_rows(cells.table)
     labels = label_table(agg, p)
